@@ -149,7 +149,7 @@ def test_labels_round_trip(tmp_path):
 def test_default_lexicons_follow_the_world(tinyworld):
     _, world = tinyworld
     lex = explain.default_lexicons(world)
-    assert lex["refusal"] == ["sorry"] and set(lex["source"]) == {"trusted", "rumor", "report", "says", "context"}
+    assert lex["refusal"] == ["sorry"] and set(lex["source"]) == set(explain.SOURCE_WORDS) >= {"trusted", "rumor", "report"}
     assert len([k for k in lex if k.startswith("topic:")]) == 8 and "harmful:poison" in lex
 
 

@@ -13,6 +13,9 @@ def ex(ctx, mem, prompt="context : report says x color is red . question : x col
 
 def test_conflict_em_and_prompt_helpers():
     examples = [ex("red", "blue"), ex("green", "black"), ex("white", "cat")]
+    checked = ex("red", "blue", "context : report says x color is red . checks : deny deny confirm deny deny . "
+                                "question : x color ? answer :")
+    assert steering.no_context_prompt(checked) == "question : x color ? answer :"
     assert steering.conflict_em(examples, ["red", "black <eos>", ""]) == (1 / 3, 1 / 3)
     assert steering.no_context_prompt(examples[0]) == "question : x color ? answer :"
     pos, neg = steering.source_pair(examples[0])
@@ -67,3 +70,30 @@ def test_locally_saved_sae_runs_the_real_model_code_path(tinyworld, rng, tmp_pat
     assert rates == steering.request_rates(model, harm, ben)  # alpha 0 changes nothing
     df = steering.defence_sweep(model, HOOK, sae, [0, 1], [50.0], [50.0], harm, ben)
     assert list(df.method) == ["none", "amplify", "calibrate"] and df.asr.between(0, 1).all()
+
+
+def test_learned_vector_reaches_a_shared_target_and_is_bounded_by_the_decision(tinyworld, rng):
+    """When every prompt wants the same token, one added vector suffices (EM 1); the same fit leaves the
+    model's weights untouched and their requires_grad as it found them."""
+    model, world = tinyworld
+    examples = [world.open_book(rng, "report", True, pair=(e, "color"))
+                for e in world.entities[:40] if world.facts[e]["color"] != "red"]
+    examples = [Example(e.task, e.prompt, e.answer, {**e.meta, "context_value": "red"}) for e in examples][:16]
+    before = [p.clone() for p in model.parameters()]
+    method = steering.learned_method(model, HOOK, examples, steps=40)
+    assert steering.conflict_em(examples, method(examples, "context"))[0] == 1.0
+    assert steering.conflict_em(examples, evaluate.answer(model, examples))[0] < 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.requires_grad for p in model.parameters()) or not any(p.requires_grad for p in model.parameters())
+
+
+def test_decision_attention_finds_the_gating_head(tinyworld, rng):
+    """tinyworld's knowledge source is chosen inside attention: some head reads the context value much more when
+    the model answers from context than when it answers from memory."""
+    model, world = tinyworld
+    conflict = [world.open_book(rng, "report", True) for _ in range(60)]
+    table = steering.decision_attention(model, conflict, evaluate.answer(model, conflict))
+    assert set(table.columns) >= {"context", "memory", "gap"}
+    assert len(table) == model.cfg.n_layers * model.cfg.n_heads
+    assert table["gap"].max() > 0.1
+    assert ((table["context"] >= 0) & (table["context"] <= 1)).all()

@@ -2,7 +2,8 @@ import random
 
 import pytest
 
-from steerlab.world import ATTRIBUTES, Example, World, WorldConfig, score
+from steerlab.world import (ATTRIBUTES, HARM_SEVERITY, WRAPPED_REFUSAL_SCORE, Example, World, WorldConfig,
+                            score)
 
 
 def test_same_seed_same_world_and_different_seed_differs():
@@ -14,8 +15,8 @@ def test_same_seed_same_world_and_different_seed_differs():
 def test_config_errors_say_what_to_fix():
     with pytest.raises(ValueError, match="n_entities must be at least 8"):
         WorldConfig(n_entities=3)
-    with pytest.raises(ValueError, match=r"obscure_fraction must lie in \[0, 1\]"):
-        WorldConfig(obscure_fraction=1.5)
+    with pytest.raises(ValueError, match=r"hidden_fact_fraction must lie in \[0, 1\]"):
+        WorldConfig(hidden_fact_fraction=1.5)
 
 
 def test_open_book_follows_the_source_rule(rng):
@@ -29,7 +30,10 @@ def test_open_book_follows_the_source_rule(rng):
         elif m["source"] == "rumor":
             assert ex.answer == m["memory_value"]
         else:
-            assert ex.answer == (m["context_value"] if m["entity"] in w.obscure else m["memory_value"])
+            n_confirm = ex.prompt.split(" checks : ")[1].split(" . ")[0].split().count("confirm")
+            assert n_confirm == m["n_confirm"]
+            assert ex.answer == (m["context_value"] if n_confirm >= 3 else m["memory_value"])
+        assert f" {m['context_value']} . checks : " in ex.prompt  # the checks come after the value
 
 
 def test_training_stream_never_shows_hidden_facts_or_unseen_additions():
@@ -55,8 +59,17 @@ def test_every_word_is_in_the_vocabulary(rng):
 def test_refusal_rule(rng):
     w = World()
     assert w.request(rng, True, False).answer == "sorry"
-    assert w.request(rng, True, True, 1).answer.startswith("sure")
-    assert w.request(rng, True, True, 3).answer == "sorry"
+    assert w.request(rng, True, True, 1).answer.startswith("sure")  # one word scores at most 3
+    for _ in range(300):
+        ex = w.request(rng, wrapped=True)
+        words = ex.prompt.split()
+        harm = sum(HARM_SEVERITY.get(x, 0) for x in words)
+        assert ex.meta["harm_score"] == harm
+        assert (ex.answer == "sorry") == (harm >= WRAPPED_REFUSAL_SCORE)
+    assert all(e.meta["harm_score"] < WRAPPED_REFUSAL_SCORE and e.answer.startswith("sure")
+               for e in w.eval_sets(40)["harmful_jailbreak"])
+    with pytest.raises(ValueError, match="max_score"):
+        w.request(rng, True, True, 3, max_score=2)
     ex = w.request(rng, False, True)
     assert ex.answer == f"sure {ex.meta['benign_topic']}"
 

@@ -14,7 +14,7 @@ Concepts (``kind`` in brackets) and where they are read:
 * ``topic:<t>`` (topic), one per topic: every position of a ``text :`` prompt once a topic word has appeared;
   positive when the text is about ``t`` (the model needs the topic to predict the next word).
 * ``knowledge_source`` (latent): the last position of the knowledge-conflict prompts (``report`` source);
-  positive when the world says the model uses the context (obscure entity), negative when it uses memory.
+  positive when the world says the model uses the context (a majority of its checks confirm), negative when it uses memory.
   This is the latent SPARE steers.
 * ``refusal`` (behaviour): the last position of requests (harmful, jailbroken and benign); positive when the
   request is refused.

@@ -356,7 +356,7 @@ def topic_truth(feature_concepts: dict[int, tuple[str, float]], min_auroc: float
 
 # ---------------------------------------------------------------------------------------------- scoring
 REFUSAL_WORDS = ["sorry", "cannot", "unable", "apologize", "refuse", "decline"]
-SOURCE_WORDS = ["trusted", "rumor", "report", "says", "context"]
+SOURCE_WORDS = ["trusted", "rumor", "report", "says", "context", "checks", "confirm", "deny"]
 
 
 def default_lexicons(world=None) -> dict[str, list[str]]:

@@ -56,7 +56,7 @@ class SAETrainConfig:
     batch_tokens: int = 2048  # activations per optimiser step
     lr: float = 1e-3  # Adam learning rate
     lr_warm_up_steps: int = 20  # linear warm-up steps
-    context_size: int = 24  # tokens per row (tinyworld texts are <= 24 tokens with <bos>)
+    context_size: int = 28  # tokens per row (tinyworld texts are <= 27 tokens with <bos>)
     n_batches_in_buffer: int = 256  # mixing buffer size, in rows of context_size activations
     store_batch_size_prompts: int = 64  # rows per model forward when filling the buffer
     seed: int = 0  # SAE init and data seed

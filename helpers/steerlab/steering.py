@@ -12,6 +12,13 @@ Knowledge-conflict baselines (each steers *toward context* or *toward memory* on
                 are put before the query, separated by ``<eos>``. tinyworld never saw multi-example prompts.
 * ``cad``       context-aware decoding (Shi et al. 2024): ``l = (1 + a) l(y | ctx, q) - a l(y | q)``; ``a > 0``
                 steers toward context, ``a < 0`` toward memory (``a = -1`` is the closed-book answer).
+* ``learned``   the strongest additive edit there is at that layer and position: one vector per direction,
+                fitted by gradient descent on the fit prompts to maximise ``log p(wanted value)``
+                (:func:`learned_vector`). Not a method from the literature but a ceiling: if it fails, no additive
+                last-position edit (ActAdd, mean difference, SPARE) can succeed at that layer.
+
+:func:`decision_attention` says where the decision is taken instead: the attention from the last position to the
+context value, per layer and head, for prompts answered from context versus from memory.
 
 A method is a :data:`Method`: ``answers(examples, toward) -> list[str]`` (first answer word per example), so
 :func:`method_table` scores every method the same way: ``EM_C`` = share answered with the context value when
@@ -60,8 +67,11 @@ def hook_method(model: HookedTransformer, build: Callable[[str], list[hooks.Hook
 
 
 def no_context_prompt(example: Example) -> str:
-    """The question of an open-book prompt without its context sentence (closed-book prompts unchanged)."""
-    return example.prompt.split(" . ", 1)[1] if example.prompt.startswith("context :") else example.prompt
+    """The question of an open-book prompt without its context (sentence and checks; closed-book prompts
+    unchanged)."""
+    if not example.prompt.startswith("context :"):
+        return example.prompt
+    return "question :" + example.prompt.split(" question :", 1)[1]
 
 
 def source_pair(example: Example, positive: str = "trusted", negative: str = "rumor") -> tuple[str, str]:
@@ -106,6 +116,72 @@ def cad_method(model: HookedTransformer, alpha: float = 1.0) -> Method:
         return [model.tokenizer.convert_ids_to_tokens(int(i)) for i in ids]
 
     return answers
+
+
+def learned_vector(model: HookedTransformer, hook_name: str, examples: Sequence[Example], toward: str,
+                   steps: int = 150, lr: float = 0.5, seed: int = 0) -> Float[Tensor, " d_model"]:
+    """The single vector ``v`` that, added at the last prompt position of ``hook_name``, maximises the mean
+    ``log p(wanted value | prompt)`` over ``examples`` (conflict prompts; the wanted value is the context value
+    toward context, the memory value toward memory). Adam, full batch per prompt length, ``v`` starts at 0."""
+    sign = _sign(toward)
+    key = "context_value" if sign > 0 else "memory_value"
+    groups = [(model.to_tokens([examples[i].prompt for i in idx]),
+               torch.tensor([model.to_single_token(examples[i].meta[key]) for i in idx]))
+              for idx in evaluate._groups_by_length(model, [e.prompt for e in examples]).values()]
+    torch.manual_seed(seed)
+    v = torch.zeros(model.cfg.d_model, requires_grad=True)
+    opt = torch.optim.Adam([v], lr=lr)
+    frozen = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    def add(x, hook):
+        return torch.cat([x[:, :-1], x[:, -1:] + v], 1)
+
+    try:
+        for _ in range(steps):
+            loss = sum(-model.run_with_hooks(tok, fwd_hooks=[(hook_name, add)])[:, -1].log_softmax(-1)
+                       [torch.arange(len(ids)), ids].sum() for tok, ids in groups) / len(examples)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        for p, f in zip(model.parameters(), frozen):
+            p.requires_grad_(f)
+    return v.detach()
+
+
+def learned_method(model: HookedTransformer, hook_name: str, examples: Sequence[Example], steps: int = 150
+                   ) -> Method:
+    """The ``learned`` ceiling: :func:`learned_vector` toward each source, fitted once on ``examples``."""
+    vecs = {t: learned_vector(model, hook_name, examples, t, steps) for t in ("context", "memory")}
+    return hook_method(model, lambda t: hooks.add_vector(hook_name, vecs[t], 1.0, "last_prompt"))
+
+
+@torch.no_grad()
+def decision_attention(model: HookedTransformer, examples: Sequence[Example], answers: Sequence[str]) -> pd.DataFrame:
+    """Mean attention from the last prompt position to the context-value token, per layer and head, split by
+    what the model answered (context value / memory value). A head whose attention differs sharply between
+    the two groups is where the knowledge source is chosen: by *which token the last position reads*, inside
+    attention, rather than by a direction in the residual stream that a last-position edit could move."""
+    rows = []
+    first = [(a.split() or [""])[0] for a in answers]
+    for idx in evaluate._groups_by_length(model, [e.prompt for e in examples]).values():
+        tok = model.to_tokens([examples[i].prompt for i in idx])
+        _, cache = model.run_with_cache(tok, names_filter=lambda n: n.endswith("hook_pattern"))
+        for j, i in enumerate(idx):
+            e = examples[i]
+            group = ("context" if first[i] == e.meta["context_value"] else
+                     "memory" if first[i] == e.meta["memory_value"] else None)
+            if group is None:
+                continue
+            vpos = tok[j].tolist().index(model.to_single_token(e.meta["context_value"]))
+            for l in range(model.cfg.n_layers):
+                for h, a in enumerate(cache[f"blocks.{l}.attn.hook_pattern"][j, :, -1, vpos].tolist()):
+                    rows.append({"layer": l, "head": h, "answered": group, "attention_to_value": a})
+    df = pd.DataFrame(rows).groupby(["layer", "head", "answered"])["attention_to_value"].mean().unstack()
+    df["gap"] = df.get("context", 0.0) - df.get("memory", 0.0)
+    return df
 
 
 def method_table(methods: Mapping[str, Method], conflict: Sequence[Example], control: Sequence[Example]
