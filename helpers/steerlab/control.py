@@ -308,3 +308,46 @@ def load_policy(path: str | Path, sae=None, model=None) -> ControlPolicy:
     policy.load_state_dict(state)
     policy.eval()
     return policy
+
+
+def rebind(policy: ControlPolicy, saes, layer_map: dict[int, int], model=None) -> ControlPolicy:
+    """A copy of ``policy`` whose head for layer ``l`` steers layer ``layer_map[l]`` instead (layers not in the
+    map keep their place), with the SAEs ``saes`` (dict layer -> SAE) of the new layers.
+
+    This is the universality probe of CRL: the head keeps its weights, so it reads the new layer's residual
+    stream as if it were the old one and picks action *indices*; those index the new SAE's dictionary, whose
+    features are unrelated unless the SAEs share a basis. It is only defined where shapes allow: the new SAEs must
+    have ``W_dec`` of shape ``(d_sae, d_model)`` of the policy (a ``ValueError`` says which does not). The new
+    config records the new SAEs' (and model's) fingerprints, so :func:`load_policy` checks the rebound policy
+    against them.
+    """
+    cfg = policy.cfg
+    unknown = [l for l in layer_map if l not in cfg.layers]
+    if unknown:
+        raise ValueError(f"layer_map moves layer(s) {unknown} that the policy does not steer (it steers {cfg.layers})")
+    new_layers = tuple(int(layer_map.get(l, l)) for l in cfg.layers)
+    if len(set(new_layers)) != len(new_layers):
+        raise ValueError(f"layer_map {layer_map} sends two heads to one layer ({cfg.layers} -> {new_layers})")
+    saes = _as_dict(saes, new_layers)
+    for old, new in zip(cfg.layers, new_layers):
+        shape = tuple(saes[new].W_dec.shape)
+        if shape != (cfg.d_sae, cfg.d_model):
+            raise ValueError(f"cannot move the head of layer {old} to layer {new}: that SAE has W_dec {shape}, the "
+                             f"policy's actions index (d_sae, d_model) = ({cfg.d_sae}, {cfg.d_model}); use an SAE of "
+                             "that width or train a policy for it")
+    if model is not None and (model.cfg.d_model != cfg.d_model or max(new_layers) >= model.cfg.n_layers):
+        raise ValueError(f"the rebound policy needs d_model={cfg.d_model} and layers {new_layers}; the model has "
+                         f"d_model={model.cfg.d_model}, {model.cfg.n_layers} layers")
+    new_cfg = dataclasses.replace(cfg, layers=new_layers,
+                                  sae_fingerprints={str(l): fingerprint(saes[l].W_dec) for l in new_layers},
+                                  model_fingerprint=fingerprint(model.W_U) if model is not None
+                                  else cfg.model_fingerprint)
+    rename = {str(o): str(n) for o, n in zip(cfg.layers, new_layers)}
+    state = {}
+    for key, value in policy.state_dict().items():
+        kind, layer, rest = key.split(".", 2)  # heads.<layer>.<param> / values.<layer>.<param>
+        state[f"{kind}.{rename[layer]}.{rest}"] = value.clone()
+    out = ControlPolicy(new_cfg)
+    out.load_state_dict(state)
+    out.eval()
+    return out
