@@ -55,3 +55,12 @@ def test_dashboard_parts():
     assert "fires on" in fig.axes[0].get_title()
     box = viz.feature_browser(acts, rows, model, sae, [f, 0])
     assert box.children[0].value == f
+
+
+def test_curve_plots_each_series_against_its_own_x_when_given():
+    from steerlab import plots
+
+    fig = plots.curve([1, 2, 3], {"shared": [0.1, 0.2, 0.3], "own": ([1, 4], [0.5, 0.6])}, "x", "y")
+    lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
+    assert list(lines["shared"].get_xdata()) == [1, 2, 3]
+    assert list(lines["own"].get_xdata()) == [1, 4] and list(lines["own"].get_ydata()) == [0.5, 0.6]

@@ -9,11 +9,13 @@ import matplotlib.pyplot as plt
 
 def curve(xs: Sequence[float], ys: Sequence[float] | Mapping[str, Sequence[float]], xlabel: str, ylabel: str,
           title: str = "", logy: bool = False):
-    """A line plot of one curve or several named curves sharing ``xs``."""
+    """A line plot of one curve or several named curves sharing ``xs``; a curve given as a pair ``(x, y)`` uses its
+    own x values."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     series = ys if isinstance(ys, Mapping) else {ylabel: ys}
     for name, y in series.items():
-        ax.plot(xs[: len(y)], y, label=name)
+        x, y = y if isinstance(y, tuple) else (xs[: len(y)], y)
+        ax.plot(x, y, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
