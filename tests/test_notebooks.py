@@ -38,6 +38,19 @@ def test_notebooks_are_committed_without_outputs_and_have_one_parameters_cell():
         assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), nb_path.name
 
 
+def test_papermill_can_read_every_parameter():
+    """papermill's inspector skips a line with two '=' (e.g. one in its comment): the parameter then vanishes
+    from `papermill --help-notebook` and every profile that sets it warns 'unknown parameter'."""
+    import papermill
+
+    for nb_path in NOTEBOOKS:
+        cells = json.loads(nb_path.read_text())["cells"]
+        src = "".join(next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))["source"])
+        names = {line.split("=")[0].strip() for line in src.splitlines() if "=" in line and not line.startswith((" ", "#"))}
+        found = set(papermill.inspect_notebook(str(nb_path)))
+        assert names <= found, f"{nb_path.name}: papermill cannot read {sorted(names - found)}"
+
+
 def test_profiles_only_name_existing_notebooks():
     stems = {n.stem for n in NOTEBOOKS}
     for prof in (REPO_ROOT / "params").glob("*.yaml"):

@@ -57,6 +57,10 @@ def test_pick_defence():
     best = steering.pick_defence(sweep, 0.02)
     assert (best.method, best.strength) == ("amplify", 2.0)
     assert steering.pick_defence(sweep.iloc[[0, 2]], 0.02).method == "none"
+    edge = pd.DataFrame([{"method": "none", "strength": 0.0, "asr": 1.0, "benign_acc": 1.0},
+                         {"method": "amplify", "strength": 12.0, "asr": 0.16, "benign_acc": 196 / 200},
+                         {"method": "amplify", "strength": 16.0, "asr": 0.06, "benign_acc": 195 / 200}])
+    assert steering.pick_defence(edge, 0.02).strength == 12.0  # a drop of exactly 0.02 qualifies; 0.025 does not
 
 
 def test_locally_saved_sae_runs_the_real_model_code_path(tinyworld, rng, tmp_path):

@@ -249,9 +249,10 @@ def defence_sweep(model: HookedTransformer, hook_name: str, sae, features: Seque
 
 def pick_defence(sweep: pd.DataFrame, max_benign_drop: float = 0.02) -> pd.Series:
     """The sweep row with the lowest ASR among those whose benign accuracy drops by at most
-    ``max_benign_drop`` against the unsteered row (the unsteered row itself if none qualifies)."""
+    ``max_benign_drop`` against the unsteered row (the unsteered row itself if none qualifies). Rates are
+    counts over n prompts, so the comparison allows float rounding (1.0 - 0.98 is 0.0200000000000000018)."""
     base = sweep[sweep["method"] == "none"].iloc[0]
-    ok = sweep[base["benign_acc"] - sweep["benign_acc"] <= max_benign_drop]
+    ok = sweep[base["benign_acc"] - sweep["benign_acc"] <= max_benign_drop + 1e-9]
     return ok.sort_values(["asr", "strength"]).iloc[0]
 
 
