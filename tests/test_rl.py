@@ -88,12 +88,18 @@ def test_rlvr_improves_the_probe_reward_and_leaves_the_model_untouched(tiny):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = random.Random(1)
     pool = [world.closed_book(rng) for _ in range(4)]
-    reward = lambda ex, c: float(c.split()[:1] == ["purple"])  # noqa: E731
+    # the target: a word the random model samples now and then but never says greedily (a reachable reward)
+    with torch.no_grad():
+        probs = torch.stack([model(model.to_tokens(e.prompt))[0, -1].softmax(-1) for e in pool])
+    probs[:, probs.argmax(-1)] = 0
+    probs[:, model.tokenizer.all_special_ids] = 0
+    target = model.tokenizer.convert_ids_to_tokens(int(probs.mean(0).argmax()))
+    reward = lambda ex, c: float(c.split()[:1] == [target])  # noqa: E731
     cfg = rl.RLConfig(n_updates=15, batch_size=32, lm_lr=3e-3, seed=0)
     tuned, hist = rl.train_rlvr(model, lambda r: r.choice(pool), cfg, reward_fn=reward)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert hist["reward"][-1] > hist["reward"][0] + 0.3
-    assert rl.answers(tuned, pool) == ["purple"] * 4
+    assert rl.answers(tuned, pool) == [target] * 4
 
 
 def test_final_answer_and_agreement():

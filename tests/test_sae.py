@@ -107,7 +107,8 @@ def test_bad_inputs_say_what_to_fix(trained, tw):
     with pytest.raises(FileNotFoundError, match="train one"):
         S.load_sae(out, layer=3)
     with pytest.raises(ValueError, match="layer 7 does not exist"):
-        S.train_saes(model, torch.zeros(2, 24, dtype=torch.long), S.SAETrainConfig(layers=(7,)), out / "x")
+        S.train_saes(model, torch.zeros(2, S.SAETrainConfig().context_size, dtype=torch.long), S.SAETrainConfig(layers=(7,)),
+                     out / "x")
 
 
 def test_pretrained_release_offline_error():
