@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import logging
 import random
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -27,7 +26,6 @@ from transformer_lens import HookedTransformer
 from steerlab.graph import AttributionGraph, GraphConfig, build_graph, frozen_hook_names, prune, to_networkx
 from steerlab.world import SOURCES, Example, World
 
-log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------- faithfulness
@@ -316,21 +314,14 @@ def control_analysis(model: HookedTransformer, saes: Mapping[int, object], world
     import pandas as pd
 
     from steerlab import control, rl
-    from steerlab.runs import REPO_ROOT
     from steerlab.world import score
 
-    root = policy_dir if str(policy_dir).startswith("/") else REPO_ROOT / str(policy_dir)
-    folders = sorted(p.parent for p in __import__("pathlib").Path(root).glob("*/cfg.json"))
-    if not folders:
+    policies = control.load_policies(policy_dir, dict(saes), model)
+    if not policies:
         return None
     rows, metrics, steered_rows = [], {}, []
-    for folder in folders:
-        try:
-            policy = control.load_policy(folder, sae={l: saes[l] for l in saes}, model=model)
-        except (ValueError, KeyError) as err:
-            log.warning("skipping policy %s: %s", folder, err)
-            continue
-        task = "reasoning" if "reason" in folder.name else "mcqa"
+    for name, policy in policies.items():
+        task = "reasoning" if "reason" in name else "mcqa"
         exs = world.eval_sets(n, seed=12345 + seed)[f"{task}_heldout"][:n]
         base = rl.answers(model, exs)
         steered = rl.answers(model, exs, policy, saes)
@@ -341,19 +332,19 @@ def control_analysis(model: HookedTransformer, saes: Mapping[int, object], world
             for st in steps:
                 for f in st["features"]:
                     noop = f >= policy.cfg.d_sae
-                    rows.append(dict(policy=folder.name, task=task, prompt=i, step=st["step"], token=st["token"],
+                    rows.append(dict(policy=name, task=task, prompt=i, step=st["step"], token=st["token"],
                                      layer=st["layer"], feature="no-op" if noop else f,
                                      explanation="" if noop else explanations.get((st["layer"], f), ""),
                                      branch_point=ok_b[i] != ok_s[i], steered_correct=ok_s[i]))
         branch = [i for i in range(len(exs)) if ok_b[i] != ok_s[i]]
         if task == "mcqa" and branch:
-            first = [r for r in rows if r["policy"] == folder.name and r["prompt"] == branch[0]]
-            steered_rows += _acts_through(model, saes, policy, exs[branch[0]], first, explanations, folder.name)
-        feats = {(r["layer"], r["feature"]) for r in rows if r["policy"] == folder.name and r["feature"] != "no-op"}
-        metrics.update({f"control_{folder.name}_base_acc": float(np.mean(ok_b)),
-                        f"control_{folder.name}_steered_acc": float(np.mean(ok_s)),
-                        f"control_{folder.name}_branch_rate": float(np.mean([a != b for a, b in zip(ok_b, ok_s)])),
-                        f"control_{folder.name}_distinct_features": len(feats)})
+            first = [r for r in rows if r["policy"] == name and r["prompt"] == branch[0]]
+            steered_rows += _acts_through(model, saes, policy, exs[branch[0]], first, explanations, name)
+        feats = {(r["layer"], r["feature"]) for r in rows if r["policy"] == name and r["feature"] != "no-op"}
+        metrics.update({f"control_{name}_base_acc": float(np.mean(ok_b)),
+                        f"control_{name}_steered_acc": float(np.mean(ok_s)),
+                        f"control_{name}_branch_rate": float(np.mean([a != b for a, b in zip(ok_b, ok_s)])),
+                        f"control_{name}_distinct_features": len(feats)})
     return ControlAnalysis(pd.DataFrame(rows), metrics, pd.DataFrame(steered_rows)) if rows else None
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -41,6 +42,7 @@ from steerlab.sae import fingerprint
 from steerlab.sae import hook_name_for as hook_name  # re-exported: notebook 04 and rl.py use control.hook_name
 
 MASK_RULES = ("active", "all")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -310,6 +312,22 @@ def load_policy(path: str | Path, sae=None, model=None) -> ControlPolicy:
     return policy
 
 
+def load_policies(policy_dir: str | Path, saes, model=None) -> dict[str, ControlPolicy]:
+    """Every policy folder ``policy_dir/<name>/`` (a relative path is taken from the repository root) that fits
+    ``saes`` (dict layer -> SAE) and ``model``, by folder name; a policy trained on other SAEs or another model is
+    skipped with a logged warning that says why."""
+    from steerlab.runs import REPO_ROOT
+
+    root = Path(policy_dir) if Path(policy_dir).is_absolute() else Path(REPO_ROOT) / policy_dir
+    policies = {}
+    for folder in sorted(p.parent for p in root.glob("*/cfg.json")):
+        try:
+            policies[folder.name] = load_policy(folder, sae=saes, model=model)
+        except (ValueError, KeyError) as err:
+            log.warning("skipping policy %s: %s", folder, err)
+    return policies
+
+
 def rebind(policy: ControlPolicy, saes, layer_map: dict[int, int], model=None) -> ControlPolicy:
     """A copy of ``policy`` whose head for layer ``l`` steers layer ``layer_map[l]`` instead (layers not in the
     map keep their place), with the SAEs ``saes`` (dict layer -> SAE) of the new layers.
@@ -338,16 +356,14 @@ def rebind(policy: ControlPolicy, saes, layer_map: dict[int, int], model=None) -
     if model is not None and (model.cfg.d_model != cfg.d_model or max(new_layers) >= model.cfg.n_layers):
         raise ValueError(f"the rebound policy needs d_model={cfg.d_model} and layers {new_layers}; the model has "
                          f"d_model={model.cfg.d_model}, {model.cfg.n_layers} layers")
-    new_cfg = dataclasses.replace(cfg, layers=new_layers,
-                                  sae_fingerprints={str(l): fingerprint(saes[l].W_dec) for l in new_layers},
-                                  model_fingerprint=fingerprint(model.W_U) if model is not None
-                                  else cfg.model_fingerprint)
+    out = new_policy(dataclasses.replace(cfg, layers=new_layers), saes, model)  # records the new fingerprints
+    if model is None:
+        out.cfg.model_fingerprint = cfg.model_fingerprint
     rename = {str(o): str(n) for o, n in zip(cfg.layers, new_layers)}
     state = {}
     for key, value in policy.state_dict().items():
         kind, layer, rest = key.split(".", 2)  # heads.<layer>.<param> / values.<layer>.<param>
         state[f"{kind}.{rename[layer]}.{rest}"] = value.clone()
-    out = ControlPolicy(new_cfg)
     out.load_state_dict(state)
     out.eval()
     return out

@@ -135,12 +135,10 @@ def learned_vector(model: HookedTransformer, hook_name: str, examples: Sequence[
     for p in model.parameters():
         p.requires_grad_(False)
 
-    def add(x, hook):
-        return torch.cat([x[:, :-1], x[:, -1:] + v], 1)
-
+    add = hooks.edit_hook(hook_name, lambda x: x + v, "last_prompt")  # the edit learned_method applies, with grad
     try:
         for _ in range(steps):
-            loss = sum(-model.run_with_hooks(tok, fwd_hooks=[(hook_name, add)])[:, -1].log_softmax(-1)
+            loss = sum(-model.run_with_hooks(tok, fwd_hooks=add)[:, -1].log_softmax(-1)
                        [torch.arange(len(ids)), ids].sum() for tok, ids in groups) / len(examples)
             opt.zero_grad()
             loss.backward()

@@ -21,14 +21,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Mapping, Sequence
 
-import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from steerlab import control, rl
 from steerlab.sae import hook_name_for
-from steerlab.world import Example, score
+from steerlab.world import Example
 
 
 # ------------------------------------------------------------------------------------------------- transfer
@@ -43,7 +42,7 @@ def transfer_table(model, saes: Mapping[int, object], policies: Mapping[str, con
     import pandas as pd
 
     layers = sorted(saes) if layers is None else list(layers)
-    base = {t: float(np.mean([score(e, c) for e, c in zip(exs, rl.answers(model, exs))])) for t, exs in eval_sets.items()}
+    base = {t: rl.accuracy_and_answers(exs, rl.answers(model, exs))[0] for t, exs in eval_sets.items()}
     rows = []
     for name, policy in policies.items():
         own = policy.cfg.layers
@@ -54,8 +53,7 @@ def transfer_table(model, saes: Mapping[int, object], policies: Mapping[str, con
             except ValueError:
                 continue
             for task, exs in eval_sets.items():
-                comp = rl.answers(model, exs, pol, {l: saes[l] for l in target})
-                acc = float(np.mean([score(e, c) for e, c in zip(exs, comp)]))
+                acc = rl.accuracy_and_answers(exs, rl.answers(model, exs, pol, {l: saes[l] for l in target}))[0]
                 rows.append(dict(policy=name, layers=list(target), trained=target == own, task=task,
                                  base_acc=base[task], steered_acc=acc, gain=acc - base[task]))
     return pd.DataFrame(rows)

@@ -254,7 +254,7 @@ class World:
         if not 0 <= n_h <= 3 or (harmful and n_h == 0):
             raise ValueError(f"n_harmful must be 1..3 for a harmful request (got {n_harmful})")
         if max_score is not None and max_score < n_h:
-            raise ValueError(f"max_score {max_score} is below the least score of {n_h} harmful words ({n_h})")
+            raise ValueError(f"max_score {max_score} is below {n_h}, the least harm score of {n_h} harmful words")
         benign_topic, harm_topic = rng.choice(list(TOPICS)), rng.choice(list(HARMFUL))
         while True:
             words = [rng.choice(HARMFUL[harm_topic]) for _ in range(n_h)]
