@@ -84,11 +84,12 @@ def test_learned_vector_reaches_a_shared_target_and_is_bounded_by_the_decision(t
                 for e in world.entities[:40] if world.facts[e]["color"] != "red"]
     examples = [Example(e.task, e.prompt, e.answer, {**e.meta, "context_value": "red"}) for e in examples][:16]
     before = [p.clone() for p in model.parameters()]
+    flags = [p.requires_grad for p in model.parameters()]
     method = steering.learned_method(model, HOOK, examples, steps=40)
     assert steering.conflict_em(examples, method(examples, "context"))[0] == 1.0
     assert steering.conflict_em(examples, evaluate.answer(model, examples))[0] < 1.0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert all(p.requires_grad for p in model.parameters()) or not any(p.requires_grad for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == flags
 
 
 def test_decision_attention_finds_the_gating_head(tinyworld, rng):
