@@ -41,10 +41,7 @@ def test_planted_feature_is_found():
     """A hand-built SAE whose feature 0 reads the refusal direction must be the best refusal detector."""
     model, world = models.load_tinyworld()
     sae = S.load_sae(layer=S.DEFAULT_LAYER)
-    refusal = next(c for c in C.world_concepts(world, n=40) if c.name == "refusal")
-    x = torch.stack([_resid(model, p, pos) for p, pos in refusal.items])
-    y = torch.tensor(refusal.labels)
-    direction = x[y].mean(0) - x[~y].mean(0)
+    refusal, _, direction = _refusal_direction(model, world, 40)
     with torch.no_grad():
         sae.W_enc[:, 0] = direction / direction.norm()
         sae.b_enc[0] = 1e4  # never clipped by the ReLU: the score is the projection itself
@@ -52,6 +49,14 @@ def test_planted_feature_is_found():
         sae.b_enc[1] = 1e4
     au = C.auroc_per_feature(C.feature_activations(model, sae, refusal.items, pre_topk=True), refusal.labels)
     assert au[0] > 0.99 and au[1] < 0.01
+
+
+def _refusal_direction(model, world, n):
+    """The refusal concept, its residuals at the default layer and the refused-minus-answered mean difference."""
+    refusal = next(c for c in C.world_concepts(world, n=n) if c.name == "refusal")
+    x = torch.stack([_resid(model, p, pos) for p, pos in refusal.items])
+    y = torch.tensor(refusal.labels)
+    return refusal, x, x[y].mean(0) - x[~y].mean(0)
 
 
 def _resid(model, prompt, pos):
@@ -80,3 +85,19 @@ def test_attribute_by_format_shape():
     t = C.attribute_by_format(model, S.load_sae(layer=S.DEFAULT_LAYER), world, n=12)
     assert list(t.columns) == ["closed_book", "open_book", "mcqa", "all formats"] and list(t.index) == list(ATTRIBUTES)
     assert ((t > 0.5) & (t <= 1.0)).all().all()
+
+
+def test_feature_concepts_sparse_code_drops_a_feature_that_never_fires():
+    """A feature whose pre-top-k score ranks refusals perfectly but which never makes the top-k cut is a refusal
+    detector by its pre-top-k score and carries nothing in the SAE's own code (every AUROC 1/2)."""
+    model, world = models.load_tinyworld()
+    sae = S.load_sae(layer=S.DEFAULT_LAYER)
+    _, x, direction = _refusal_direction(model, world, 16)
+    with torch.no_grad():
+        sae.W_enc[:, 0] = 1e-4 * direction / direction.norm()  # a tiny score: always below the k-th largest
+        sae.b_enc[0] = 1.0
+    assert not (sae.encode(x)[:, 0] > 0).any()
+    pre = C.feature_concepts(model, sae, world, n=16, pre_topk=True)
+    sparse = C.feature_concepts(model, sae, world, n=16, pre_topk=False)
+    assert pre[0][0] == "refusal" and pre[0][1] > 0.99
+    assert sparse[0][1] == pytest.approx(0.5)

@@ -3,6 +3,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from steerlab import evaluate, hooks
+from steerlab import sae as sae_mod
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -96,6 +97,25 @@ def test_amplify_calibrate_clamp_match_the_formulas(tinyworld):
     assert torch.allclose(resid(model, prompts, push + hooks.amplify(HOOK, sae, S, 0.0))[0], x, atol=1e-5)
     with pytest.raises(ValueError, match="feature set S is empty"):
         hooks.amplify(HOOK, sae, [], 1.0)
+
+
+def test_code_reading_leaves_features_outside_the_topk_cut_alone(tinyworld):
+    """read="code" reads the TopK SAE's own sparse code: a feature with a positive encoder score that is not among
+    the input's k largest reads 0 (so amplification leaves the input as it is); read="encoder" reads the score."""
+    model, world = tinyworld
+    sae = sae_mod.load_sae(layer=sae_mod.DEFAULT_LAYER)
+    prompts = [f"question : {world.entities[1]} pet ? answer :"]
+    x = resid(model, prompts)[0][-1]
+    pre, code = sae_mod.encode_pre_topk(sae, x), sae.encode(x[None])[0]
+    S = [int(i) for i in ((pre > 0) & (code == 0)).nonzero()[:2, 0]]  # scored, but cut by top-k
+    assert len(S) == 2
+    assert torch.allclose(hooks.read_features(sae, x, S, read="code"), torch.zeros(2))
+    assert (hooks.read_features(sae, x, S) > 0).all()
+    last = lambda edit: resid(model, prompts, edit)[0][-1]
+    assert torch.allclose(last(hooks.amplify(HOOK, sae, S, 5.0, "last_prompt", read="code")), x, atol=1e-5)
+    assert not torch.allclose(last(hooks.amplify(HOOK, sae, S, 5.0, "last_prompt")), x, atol=1e-3)
+    with pytest.raises(ValueError, match="read must be one of"):
+        hooks.amplify(HOOK, sae, S, 1.0, read="decoder")
 
 
 def test_hooks_are_removed_when_a_cell_fails(tinyworld):

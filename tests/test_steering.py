@@ -72,8 +72,9 @@ def test_locally_saved_sae_runs_the_real_model_code_path(tinyworld, rng, tmp_pat
     ben = [world.request(rng, False) for _ in range(4)]
     rates = steering.request_rates(model, harm, ben, hooks.amplify(HOOK, sae, [0, 1], 0.0))
     assert rates == steering.request_rates(model, harm, ben)  # alpha 0 changes nothing
-    df = steering.defence_sweep(model, HOOK, sae, [0, 1], [50.0], [50.0], harm, ben)
-    assert list(df.method) == ["none", "amplify", "calibrate"] and df.asr.between(0, 1).all()
+    df = steering.defence_sweep(model, HOOK, sae, [0, 1], [50.0], [50.0], harm, ben, reads=("encoder", "code"))
+    assert list(df.method) == ["none", "amplify", "calibrate", "amplify", "calibrate"]
+    assert list(df.read) == ["", "encoder", "encoder", "code", "code"] and df.asr.between(0, 1).all()
 
 
 def test_learned_vector_reaches_a_shared_target_and_is_bounded_by_the_decision(tinyworld, rng):

@@ -64,3 +64,15 @@ def test_curve_plots_each_series_against_its_own_x_when_given():
     lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
     assert list(lines["shared"].get_xdata()) == [1, 2, 3]
     assert list(lines["own"].get_xdata()) == [1, 4] and list(lines["own"].get_ydata()) == [0.5, 0.6]
+
+
+def test_tradeoff_draws_each_setting_with_its_strength():
+    from steerlab import plots
+
+    fig = plots.tradeoff({"amplify": ([1.0, 0.98, 0.7], [0.5, 0.16, 0.06], [4, 12, 16])}, "benign", "asr",
+                         origin=(1.0, 1.0))
+    ax = fig.axes[0]
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    assert list(lines["amplify"].get_xdata()) == [1.0, 0.98, 0.7] and list(lines["amplify"].get_ydata()) == [0.5, 0.16, 0.06]
+    assert list(lines["no steering"].get_xdata()) == [1.0]
+    assert [t.get_text() for t in ax.texts] == ["4", "12", "16"]

@@ -168,12 +168,18 @@ def concept_table(model, sae, world: World, n: int = 200, aurocs: pd.DataFrame |
 
 
 def feature_concepts(model=None, sae=None, world: World | None = None, n: int = 200,
-                     aurocs: pd.DataFrame | None = None) -> dict[int, tuple[str, float]]:
-    """``{feature: (best concept, its AUROC)}`` for every feature (pass ``aurocs`` to reuse a computed matrix)."""
+                     aurocs: pd.DataFrame | None = None, pre_topk: bool = True) -> dict[int, tuple[str, float]]:
+    """``{feature: (best concept, its AUROC)}`` for every feature (pass ``aurocs`` to reuse a computed matrix).
+
+    ``pre_topk`` chooses the score, as in :func:`concept_aurocs`. To say what a feature *is*, the SAE's own
+    sparse code (``pre_topk=False``) is the stricter truth: a feature whose pre-top-k score ranks finance texts
+    high but which never makes the top-k cut there is not a finance feature (it carries no finance signal in
+    the reconstruction the model sees). The pre-top-k score answers a different question, whether *some*
+    feature could detect a concept, which is what the detector table asks."""
     if aurocs is None:
         if model is None or sae is None or world is None:
             raise ValueError("feature_concepts needs model, sae and world, or a precomputed aurocs matrix")
-        aurocs = concept_aurocs(model, sae, world, n)
+        aurocs = concept_aurocs(model, sae, world, n, pre_topk=pre_topk)
     best = aurocs.idxmax(axis=0)
     return {int(f): (str(best[f]), float(aurocs.at[best[f], f])) for f in aurocs.columns}
 

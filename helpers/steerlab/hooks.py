@@ -33,6 +33,10 @@ Which SAE vectors S are
   ``z_c(x) = ReLU((x - b_dec) @ W_enc[:, c] + b_enc[c])`` (before any top-k cut, see
   ``steerlab.sae.encode_pre_topk``). The encoder is what the SAE trained to detect the feature with; the
   decoder directions are not orthogonal, so ``x @ W_dec[c]`` mixes in every correlated feature.
+  For a TopK SAE a second reading is offered, ``read="code"``: the SAE's own sparse code ``sae.encode(x)``,
+  zero for every feature outside the input's top ``k``. It is more selective (a feature that the SAE does not
+  use for an input is not amplified there) and weaker (an input whose trace of the feature stays below the
+  cut is never pushed over it). Notebook 03 sweeps both for the jailbreak defence.
 * **Writing** a feature uses its *decoder row* ``W_dec[c]`` (no bias): adding ``delta * W_dec[c]`` changes
   the SAE reconstruction by exactly ``delta`` units of feature ``c``, which is what SPARE and Wu et al. edit.
 
@@ -50,6 +54,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 POSITIONS = ("all", "last_prompt", "generated", "last_prompt+generated")
+READS = ("encoder", "code")  # how z_S(x) is read: encoder before the top-k cut, or the SAE's sparse code
 
 Hook = tuple[str, Callable]
 TRACK_HOOK = "blocks.0.hook_resid_pre"  # runs first in every forward pass, generate() included
@@ -136,24 +141,34 @@ def _decoder_rows(sae, features: Sequence[int]) -> Float[Tensor, "n_feat d_model
     return sae.W_dec.detach()[list(features)].float()
 
 
-def read_features(sae, x: Float[Tensor, "... d_model"], features: Sequence[int]) -> Float[Tensor, "... n_feat"]:
-    """``z_S(x)``: the encoder activations of ``features`` (before any top-k cut), as in the module docstring."""
+def read_features(sae, x: Float[Tensor, "... d_model"], features: Sequence[int], read: str = "encoder"
+                  ) -> Float[Tensor, "... n_feat"]:
+    """``z_S(x)``: the encoder activations of ``features`` before any top-k cut (``read="encoder"``), or the
+    SAE's own sparse code (``read="code"``), as in the module docstring."""
     from steerlab.sae import encode_pre_topk
 
-    return encode_pre_topk(sae, x.float())[..., list(features)]
+    if read not in READS:
+        raise ValueError(f"read must be one of {READS} (got {read!r})")
+    z = encode_pre_topk(sae, x.float()) if read == "encoder" else sae.encode(x.float())
+    return z[..., list(features)]
 
 
-def amplify(hook_name: str, sae, features: Sequence[int], alpha: float, positions: str = "all") -> list[Hook]:
-    """Wu et al. amplification ``X' = X + alpha ReLU(X S) S^T`` (read: encoder, write: decoder rows)."""
+def amplify(hook_name: str, sae, features: Sequence[int], alpha: float, positions: str = "all",
+            read: str = "encoder") -> list[Hook]:
+    """Wu et al. amplification ``X' = X + alpha ReLU(X S) S^T`` (read: ``read``, write: decoder rows)."""
     W = _decoder_rows(sae, features)
-    return edit_hook(hook_name, lambda x: x + alpha * read_features(sae, x, features) @ W, positions)
+    read_features(sae, W[:1], features, read)  # a bad ``read`` fails here, not inside a forward pass
+    return edit_hook(hook_name, lambda x: x + alpha * read_features(sae, x, features, read) @ W, positions)
 
 
-def calibrate(hook_name: str, sae, features: Sequence[int], beta: float, positions: str = "all") -> list[Hook]:
-    """Wu et al. calibration ``X' = X - ReLU(X S) S^T + beta * mean(S)``: remove what the input holds of S,
-    then add a fixed amount ``beta`` of the mean decoder row of S."""
+def calibrate(hook_name: str, sae, features: Sequence[int], beta: float, positions: str = "all",
+              read: str = "encoder") -> list[Hook]:
+    """Wu et al. calibration ``X' = X - ReLU(X S) S^T + beta * mean(S)``: remove what the input holds of S
+    (read as ``read``), then add a fixed amount ``beta`` of the mean decoder row of S."""
     W = _decoder_rows(sae, features)
-    return edit_hook(hook_name, lambda x: x - read_features(sae, x, features) @ W + beta * W.mean(0), positions)
+    read_features(sae, W[:1], features, read)
+    return edit_hook(hook_name, lambda x: x - read_features(sae, x, features, read) @ W + beta * W.mean(0),
+                     positions)
 
 
 def clamp(hook_name: str, sae, features: Sequence[int], value: float, positions: str = "all") -> list[Hook]:

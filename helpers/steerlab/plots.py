@@ -28,6 +28,27 @@ def curve(xs: Sequence[float], ys: Sequence[float] | Mapping[str, Sequence[float
     return fig
 
 
+def tradeoff(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], xlabel: str,
+             ylabel: str, title: str = "", origin: tuple[float, float] | None = None):
+    """A trade-off plot: each series ``name -> (x, y, strengths)`` is a line through its settings, each point
+    annotated with its strength; ``origin`` (the unsteered model's ``(x, y)``) is drawn as a black star."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, (x, y, strengths) in series.items():
+        (line,) = ax.plot(x, y, marker="o", ms=3, label=name)
+        for xi, yi, s in zip(x, y, strengths):
+            ax.annotate(f"{s:g}", (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7,
+                        color=line.get_color())
+    if origin is not None:
+        ax.plot(*origin, marker="*", color="black", ms=10, ls="", label="no steering")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def bars(values: Mapping[str, float], targets: Mapping[str, tuple[float, float]] | None = None, title: str = "",
          ylabel: str = "rate"):
     """Horizontal bars of ``values``; ``targets[name] = (low, high)`` is drawn as a shaded band."""

@@ -232,16 +232,18 @@ def request_rates(model: HookedTransformer, harmful: Sequence[Example], benign: 
 
 def defence_sweep(model: HookedTransformer, hook_name: str, sae, features: Sequence[int],
                   alphas: Sequence[float], betas: Sequence[float], harmful: Sequence[Example],
-                  benign: Sequence[Example], positions: str = "all") -> pd.DataFrame:
-    """ASR and benign accuracy for amplification over ``alphas`` and calibration over ``betas``
-    (strength 0 of amplification is the unsteered model)."""
-    rows = [{"method": "none", "strength": 0.0, **request_rates(model, harmful, benign)}]
-    for a in alphas:
-        rows.append({"method": "amplify", "strength": a,
-                     **request_rates(model, harmful, benign, hooks.amplify(hook_name, sae, features, a, positions))})
-    for b in betas:
-        rows.append({"method": "calibrate", "strength": b,
-                     **request_rates(model, harmful, benign, hooks.calibrate(hook_name, sae, features, b, positions))})
+                  benign: Sequence[Example], positions: str = "all", reads: Sequence[str] = ("encoder",)
+                  ) -> pd.DataFrame:
+    """ASR and benign accuracy for amplification over ``alphas`` and calibration over ``betas``, for each way
+    of reading the features in ``reads`` (``steerlab.hooks.READS``); columns method, read, strength, asr,
+    benign_acc. The first row (method ``none``) is the unsteered model."""
+    rows = [{"method": "none", "read": "", "strength": 0.0, **request_rates(model, harmful, benign)}]
+    for read in reads:
+        for method, builder, strengths in (("amplify", hooks.amplify, alphas), ("calibrate", hooks.calibrate, betas)):
+            for s in strengths:
+                edit = builder(hook_name, sae, features, s, positions, read=read)
+                rows.append({"method": method, "read": read, "strength": s,
+                             **request_rates(model, harmful, benign, edit)})
     return pd.DataFrame(rows)
 
 
