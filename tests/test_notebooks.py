@@ -36,6 +36,8 @@ def test_notebooks_are_committed_without_outputs_and_have_one_parameters_cell():
         tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{nb_path.name}: needs exactly one cell tagged 'parameters'"
         assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), nb_path.name
+        # nbformat 4.5 cells need an id; a cell without one warns now and will be an error in later nbformat
+        assert all(c.get("id") for c in cells), f"{nb_path.name}: a cell has no id"
 
 
 def test_papermill_can_read_every_parameter():

@@ -88,6 +88,19 @@ def test_task_accuracy_shipped_sae_and_broken_sae(tw):
     assert bad.loc["closed_book", "drop"] > 0.5  # a broken SAE shows up as a drop
 
 
+def test_mcqa_split_matches_the_family_and_known_facts_beat_guessing(tw):
+    """The two halves of mcqa_heldout add up to the family's accuracy; the model knows the known facts better than
+    the 1/4 of guessing, and not the hidden ones."""
+    model, world = tw
+    sae = S.load_sae(layer=S.DEFAULT_LAYER)
+    split = E.mcqa_split_accuracy(sae, model, world, n=80)
+    assert list(split.index) == ["known facts", "hidden facts"] and split["n"].sum() == 80
+    family = E.task_accuracy(sae, model, world, n=80).loc["mcqa_heldout"]
+    for col in ("clean", "spliced"):
+        assert (split[col] * split["n"]).sum() / 80 == pytest.approx(family[col])
+    assert split.loc["known facts", "clean"] > 0.45 and split.loc["hidden facts", "clean"] < 0.4
+
+
 def test_eval_rejects_misfit_sae(tw, rows):
     model, _ = tw
     sae = _identity_sae(model)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from steerlab import control
+from steerlab.runs import deterministic
 from steerlab.evaluate import MULTI_TOKEN_TASKS
 from steerlab.world import Example, score
 
@@ -239,7 +240,13 @@ class TrainResult:
 def train_control(model, policy: control.ControlPolicy, saes, sampler: Callable[[random.Random], Example],
                   cfg: RLConfig, callbacks: Sequence[Callable[[int, dict], None]] = (),
                   reward_fn: Callable[[Example, str], float] = score) -> TrainResult:
-    """Train ``policy`` (the LM stays frozen) on episodes drawn from ``sampler``; returns the history."""
+    """Train ``policy`` (the LM stays frozen) on episodes drawn from ``sampler``; returns the history. Runs under
+    :func:`steerlab.runs.deterministic`, so one seed gives one policy."""
+    with deterministic():
+        return _train_control(model, policy, saes, sampler, cfg, callbacks, reward_fn)
+
+
+def _train_control(model, policy, saes, sampler, cfg: RLConfig, callbacks, reward_fn) -> TrainResult:
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
@@ -275,7 +282,13 @@ def train_rlvr(model, sampler: Callable[[random.Random], Example], cfg: RLConfig
                reward_fn: Callable[[Example, str], float] = score):
     """RLVR baseline: fine-tune a copy of the LM on its own sampled answers with the same reward and rollout
     budget as CRL (clipped-ratio objective on sequence log-probs, baseline = batch mean). Returns
-    ``(tuned_model, history)``; ``model`` itself is left untouched."""
+    ``(tuned_model, history)``; ``model`` itself is left untouched. Runs under :func:`steerlab.runs.deterministic`,
+    so one seed gives one model."""
+    with deterministic():
+        return _train_rlvr(model, sampler, cfg, callbacks, reward_fn)
+
+
+def _train_rlvr(model, sampler, cfg: RLConfig, callbacks, reward_fn):
     tuned = copy.deepcopy(model)
     tuned.train()
     for p in tuned.parameters():

@@ -11,7 +11,8 @@ as in training); the downstream measures splice the SAE into the forward pass wi
 * ``ce_loss_recovered`` = (CE_zero - CE_spliced) / (CE_zero - CE_clean), with CE the next-token loss over
   non-pad targets and CE_zero the loss with the hook's activation zeroed at the same positions;
 * ``kl_to_clean``: mean KL(p_clean || p_spliced) of the next-token distributions over non-pad positions;
-* task accuracy per evaluation set of the world, clean and spliced, and ``max_task_acc_drop``.
+* task accuracy per evaluation set of the world, clean and spliced, and ``max_task_acc_drop``;
+  :func:`mcqa_split_accuracy` splits held-out multiple choice into known and hidden facts.
 """
 
 from __future__ import annotations
@@ -123,6 +124,22 @@ def task_accuracy(sae, model, world, n: int = 200) -> pd.DataFrame:
         spliced = evaluate.accuracy(model, sets[key], fwd_hooks=splice_hooks(sae))
         rows.append({"task": key, "clean": clean, "spliced": spliced, "drop": clean - spliced})
     return pd.DataFrame(rows).set_index("task")
+
+
+def mcqa_split_accuracy(sae, model, world, n: int = 200) -> pd.DataFrame:
+    """``mcqa_heldout`` split into its known-fact and hidden-fact questions (``meta['hidden']``): clean, spliced
+    and drop per half. On hidden facts the model can only guess, so a change there is a change of guesses."""
+    check_fits(model, sae)
+    exs = world.eval_sets(n)["mcqa_heldout"]
+    rows = []
+    for name, hidden in (("known facts", False), ("hidden facts", True)):
+        part = [e for e in exs if bool(e.meta.get("hidden")) == hidden]
+        if not part:
+            continue
+        clean = evaluate.accuracy(model, part)
+        spliced = evaluate.accuracy(model, part, fwd_hooks=splice_hooks(sae))
+        rows.append({"mcqa_heldout": name, "n": len(part), "clean": clean, "spliced": spliced, "drop": clean - spliced})
+    return pd.DataFrame(rows).set_index("mcqa_heldout")
 
 
 def evaluate_sae(sae, model, world, rows: Int[Tensor, "batch pos"], n_tasks: int = 200) -> tuple[dict, pd.DataFrame]:

@@ -1,0 +1,94 @@
+"""How much a controller of the frozen model could gain: accuracy by prompt group, and a linear-probe ceiling.
+
+A control policy (CRL, ``steerlab.control``) *reads* the residual stream at the token it steers and *writes* one
+SAE feature there. Two measurements bound what it can do on a held-out set:
+
+* :func:`split_accuracy`: accuracy of each method on each group of prompts (for tinyworld's multiple choice:
+  facts the model was trained on against hidden facts it never saw). A frozen model cannot recall a hidden fact,
+  so on that group a controller can at best guess; RLVR, which fine-tunes the LM on rewarded samples of the same
+  distribution, can learn those facts from the reward.
+* :func:`answer_probe`: a multinomial logistic regression from the residual at the last prompt position to the
+  gold answer, fitted on one part of a prompt set and scored on the rest, beside the model's own accuracy on
+  the same prompts. If the probe does no better than the model, the state the policy reads does not hold the
+  right answer in a linearly readable form, and a policy (an MLP on that state) has nothing to pick a
+  prompt-specific answer *from*: what it could still gain must come from an edit that improves the model's own
+  later computation, which a fixed feature would also find. It is a diagnostic, not a proof: the MLP is not
+  linear, and an edit at an early layer changes what later layers read elsewhere in the prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from transformer_lens import HookedTransformer
+
+from steerlab import evaluate
+from steerlab.world import Example, score
+
+
+def split_accuracy(examples: Sequence[Example], finals: Mapping[str, Sequence[str]],
+                   group: Callable[[Example], str]) -> pd.DataFrame:
+    """Accuracy of each method (rows) on each group of ``examples`` (columns, plus ``all``), where ``finals[m]``
+    holds method ``m``'s final answers (``steerlab.rl.final_answer``) and ``group(example)`` names the group."""
+    groups = [group(e) for e in examples]
+    names = sorted(set(groups))
+    rows = {}
+    for method, answers in finals.items():
+        if len(answers) != len(examples):
+            raise ValueError(f"finals[{method!r}] has {len(answers)} answers for {len(examples)} examples")
+        ok = np.array([score(e, a) for e, a in zip(examples, answers)], dtype=float)
+        rows[method] = {g: float(ok[[x == g for x in groups]].mean()) for g in names} | {"all": float(ok.mean())}
+    out = pd.DataFrame(rows).T
+    out.loc["n"] = [groups.count(g) for g in names] + [len(groups)]
+    return out
+
+
+@torch.no_grad()
+def last_residuals(model: HookedTransformer, prompts: Sequence[str], hook_names: Sequence[str],
+                   batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """``{hook: [len(prompts), d_model]}``: the residual at each prompt's last position."""
+    out: dict[str, list] = {h: [None] * len(prompts) for h in hook_names}
+    for idx in evaluate._groups_by_length(model, prompts).values():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s: s + batch_size]
+            _, cache = model.run_with_cache(model.to_tokens([prompts[i] for i in chunk]),
+                                            names_filter=lambda n: n in hook_names)
+            for h in hook_names:
+                for row, i in enumerate(chunk):
+                    out[h][i] = cache[h][row, -1].float()
+    return {h: torch.stack(v) for h, v in out.items()}
+
+
+def answer_probe(model: HookedTransformer, examples: Sequence[Example], hook_names: Sequence[str],
+                 train_frac: float = 0.7, c: float = 1.0, seed: int = 0) -> pd.DataFrame:
+    """Per hook: held-out accuracy of a logistic-regression probe from the last-position residual to the gold
+    answer's first word, beside the model's own greedy accuracy on the same held-out prompts (single-token
+    tasks). Columns probe_acc, model_acc, majority_acc (always the most frequent training answer), n_train,
+    n_test."""
+    from sklearn.linear_model import LogisticRegression
+
+    if not 0 < train_frac < 1:
+        raise ValueError(f"train_frac must be in (0, 1) (got {train_frac})")
+    if any(e.task == "reasoning" for e in examples):
+        raise ValueError("answer_probe reads single-token answers; reasoning chains have many tokens")
+    order = np.random.default_rng(seed).permutation(len(examples))
+    n_train = int(round(train_frac * len(examples)))
+    train, test = order[:n_train], order[n_train:]
+    if len(test) == 0:
+        raise ValueError(f"no held-out prompts: {len(examples)} examples at train_frac={train_frac}")
+    y = np.array([e.answer.split()[0] for e in examples])
+    answers = evaluate.answer(model, [examples[i] for i in test])
+    model_acc = float(np.mean([score(examples[i], a) for i, a in zip(test, answers)]))
+    labels, counts = np.unique(y[train], return_counts=True)
+    majority = float(np.mean(y[test] == labels[counts.argmax()]))
+    rows = {}
+    for h, X in last_residuals(model, [e.prompt for e in examples], hook_names).items():
+        X = X.numpy()
+        mu, sd = X[train].mean(0), X[train].std(0) + 1e-6  # standardise on the training split only
+        clf = LogisticRegression(C=c, max_iter=3000).fit((X[train] - mu) / sd, y[train])
+        rows[h] = {"probe_acc": float(clf.score((X[test] - mu) / sd, y[test])), "model_acc": model_acc,
+                   "majority_acc": majority, "n_train": len(train), "n_test": len(test)}
+    return pd.DataFrame(rows).T
