@@ -16,6 +16,10 @@ def test_split_accuracy_counts_each_group():
     assert t.loc["base", "hidden"] == 1.0 and t.loc["base", "known"] == 0.5 and t.loc["base", "all"] == 0.75
     assert t.loc["rlvr", "hidden"] == 0.5 and t.loc["rlvr", "known"] == 0.5
     assert t.loc["n"].tolist() == [2, 2, 4]
+    chains = [Example("reasoning", "reason : 1 + 2 + 3 =", "1 + 2 = 3 ; 3 + 3 = 6 ; so 6", {"uses_unseen": u})
+              for u in (True, False)]
+    t = headroom.split_accuracy(chains, {"crl": ["6", "5"]}, lambda e: str(e.meta["uses_unseen"]))
+    assert t.loc["crl", "True"] == 1.0 and t.loc["crl", "False"] == 0.0  # the number after "so" is compared
     with pytest.raises(ValueError, match="answers for 4 examples"):
         headroom.split_accuracy(ex, {"base": ["A"]}, lambda e: "x")
 

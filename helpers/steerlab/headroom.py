@@ -32,14 +32,18 @@ from steerlab.world import Example, score
 def split_accuracy(examples: Sequence[Example], finals: Mapping[str, Sequence[str]],
                    group: Callable[[Example], str]) -> pd.DataFrame:
     """Accuracy of each method (rows) on each group of ``examples`` (columns, plus ``all``), where ``finals[m]``
-    holds method ``m``'s final answers (``steerlab.rl.final_answer``) and ``group(example)`` names the group."""
+    holds method ``m``'s final answers (``steerlab.rl.final_answer``: the letter, or the number after ``so``)
+    and ``group(example)`` names the group. A final answer is right when it equals the gold one."""
+    from steerlab.rl import final_answer
+
     groups = [group(e) for e in examples]
     names = sorted(set(groups))
+    gold = [final_answer(e, e.answer) for e in examples]
     rows = {}
     for method, answers in finals.items():
         if len(answers) != len(examples):
             raise ValueError(f"finals[{method!r}] has {len(answers)} answers for {len(examples)} examples")
-        ok = np.array([score(e, a) for e, a in zip(examples, answers)], dtype=float)
+        ok = np.array([a == g for a, g in zip(answers, gold)], dtype=float)
         rows[method] = {g: float(ok[[x == g for x in groups]].mean()) for g in names} | {"all": float(ok.mean())}
     out = pd.DataFrame(rows).T
     out.loc["n"] = [groups.count(g) for g in names] + [len(groups)]
