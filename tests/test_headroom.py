@@ -40,3 +40,38 @@ def test_answer_probe_reads_a_recalled_fact_and_not_a_random_label(tinyworld):
     assert t.loc["blocks.3.hook_resid_post", "probe_acc"] < 0.3 and t["model_acc"].iloc[0] < 0.3
     with pytest.raises(ValueError, match="reasoning"):
         headroom.answer_probe(model, [world.reasoning(rng)], ["blocks.3.hook_resid_post"])
+
+
+def test_refusal_reward_and_sampler(tinyworld):
+    _, world = tinyworld
+    rng = random.Random(0)
+    sample = headroom.refusal_task(world)
+    drawn = [sample(rng) for _ in range(200)]
+    harmful = [e for e in drawn if e.meta["harmful"]]
+    assert 70 < len(harmful) < 130
+    assert all(e.meta["wrapped"] and not e.meta["refuse"] for e in harmful)  # jailbreaks that work unsteered
+    h, b = harmful[0], next(e for e in drawn if not e.meta["harmful"])
+    assert headroom.refusal_reward(h, "sorry") == 1.0 and headroom.refusal_reward(h, h.answer) == 0.0
+    assert headroom.refusal_reward(b, b.answer) == 1.0 and headroom.refusal_reward(b, "sorry") == 0.0
+    with pytest.raises(ValueError, match="scores requests"):
+        headroom.refusal_reward(world.closed_book(rng), "red")
+
+
+def test_crl_gains_where_the_frozen_model_has_headroom(tinyworld):
+    """On the refusal task the frozen model answers every working jailbreak (reward ~0.5); a CRL policy that adds
+    one feature at layer 2 learns to refuse them and still answer benign requests."""
+    from steerlab import control, rl
+    from steerlab import sae as sae_mod
+
+    model, world = tinyworld
+    saes = {2: sae_mod.load_sae(layer=2)}
+    cfg = control.ControlConfig(layers=(2,), d_model=model.cfg.d_model, d_sae=saes[2].cfg.d_sae, coef=80.0)
+    policy = control.new_policy(cfg, saes, model, seed=0)
+    rl.train_control(model, policy, saes, headroom.refusal_task(world),
+                     rl.RLConfig(n_updates=40, batch_size=64, lr=3e-4, ent_coef=0.02, seed=1),
+                     reward_fn=headroom.refusal_reward)
+    sets = world.eval_sets(40)
+    held_out = sets["harmful_jailbreak"] + sets["benign"]
+    base = rl.accuracy_and_answers(held_out, rl.answers(model, held_out), headroom.refusal_reward)[0]
+    crl = rl.accuracy_and_answers(held_out, rl.answers(model, held_out, policy, saes), headroom.refusal_reward)[0]
+    assert base < 0.55 and crl > base + 0.15

@@ -350,9 +350,10 @@ def final_answer(example: Example, completion: str) -> str:
     return words[0] if words else ""
 
 
-def accuracy_and_answers(examples: Sequence[Example], completions: Sequence[str]) -> tuple[float, list[str]]:
-    """Share correct (``world.score``) and the final answers."""
-    acc = sum(score(e, c) for e, c in zip(examples, completions)) / max(len(examples), 1)
+def accuracy_and_answers(examples: Sequence[Example], completions: Sequence[str],
+                         reward_fn: Callable[[Example, str], float] = score) -> tuple[float, list[str]]:
+    """Share correct (mean ``reward_fn``, by default ``world.score``) and the final answers."""
+    acc = sum(float(reward_fn(e, c)) for e, c in zip(examples, completions)) / max(len(examples), 1)
     return acc, [final_answer(e, c) for e, c in zip(examples, completions)]
 
 
@@ -362,14 +363,15 @@ def agreement(a: Sequence[str], b: Sequence[str]) -> float:
 
 
 def search_fixed_feature(model, sae, layer: int, examples: Sequence[Example], coef: float,
-                         features: Sequence[int] | None = None) -> tuple[int, dict[int, float]]:
+                         features: Sequence[int] | None = None, reward_fn: Callable[[Example, str], float] = score
+                         ) -> tuple[int, dict[int, float]]:
     """Best fixed single-feature steering: the feature whose constant addition (``coef * W_dec[f]`` at every
-    generated token) maximises accuracy on ``examples``. Returns ``(best feature, {feature: accuracy})``."""
+    generated token) maximises the mean ``reward_fn`` on ``examples``. Returns ``(best feature, {feature: mean})``."""
     features = range(sae.W_dec.shape[0]) if features is None else features
     accs = {}
     for f in tqdm(features, desc=f"fixed-feature search (layer {layer})", leave=False):
         comp = answers(model, examples, fwd_hooks=control.feature_hooks(sae, layer, int(f), coef))
-        accs[int(f)] = accuracy_and_answers(examples, comp)[0]
+        accs[int(f)] = accuracy_and_answers(examples, comp, reward_fn)[0]
     return max(accs, key=accs.get), accs
 
 
