@@ -35,6 +35,10 @@ def test_world_concepts_labels_follow_ground_truth():
         assert prompt.split()[pos - 1] in ATTRIBUTES and (prompt.split()[pos - 1] == "pet") == lab
     ks = cs["knowledge_source"]
     assert all(" report says " in p for p, _ in ks.items)
+    for (prompt, pos), lab in zip(ks.items, ks.labels):  # read at the "." closing the five checks
+        words = prompt.split()
+        assert words[pos - 1] == "." and words[pos - 7] == ":" and words[pos - 8] == "checks"
+        assert lab == (words[pos - 6: pos - 1].count("confirm") >= 3)
 
 
 def test_planted_feature_is_found():
@@ -101,3 +105,13 @@ def test_feature_concepts_sparse_code_drops_a_feature_that_never_fires():
     sparse = C.feature_concepts(model, sae, world, n=16, pre_topk=False)
     assert pre[0][0] == "refusal" and pre[0][1] > 0.99
     assert sparse[0][1] == pytest.approx(0.5)
+
+
+def test_source_by_position_finds_the_latent_where_the_checks_end():
+    """The shipped SAE has a feature that reads the knowledge source once the checks are read (AUROC >= 0.95 at
+    the closing "."), while at the last position, where the answer value sits, no feature does."""
+    model, world = models.load_tinyworld()
+    t = C.source_by_position(model, S.load_sae(layer=S.DEFAULT_LAYER), world, n=120)
+    assert t["is_concept"].sum() == 1 and t.loc[t.is_concept, "word"].item() == "."
+    assert t.loc[t.is_concept, "auroc"].item() >= 0.95
+    assert t["auroc"].iloc[-1] < 0.8 and t["word"].iloc[-1] == ":"

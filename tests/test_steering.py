@@ -103,3 +103,20 @@ def test_decision_attention_finds_the_gating_head(tinyworld, rng):
     assert len(table) == model.cfg.n_layers * model.cfg.n_heads
     assert table["gap"].max() > 0.1
     assert ((table["context"] >= 0) & (table["context"] <= 1)).all()
+
+
+def test_checks_end_edit_reaches_the_output_without_flipping_the_answer(tinyworld, rng):
+    """tinyworld answers without reading the knowledge source at the checks' end: the edit there shifts the answer's
+    log-probabilities (so it is applied and reaches the output, more at 4x than at 1x) while EM stays at the
+    unsteered rate."""
+    model, world = tinyworld
+    fit = [world.open_book(rng, "report", True) for _ in range(80)]
+    uses = [e.meta["uses"] == "context" for e in fit]
+    conflict = [world.open_book(rng, "report", True) for _ in range(60)]
+    base = steering.conflict_em(conflict, evaluate.answer(model, conflict))
+    t = steering.checks_end_edit(model, fit, uses, conflict, [HOOK], coefs=(1.0, 4.0))
+    assert list(t.coef) == [1.0, 4.0] and (t.d_norm > 1.0).all()
+    assert t.logp_shift.iloc[1] > t.logp_shift.iloc[0] > 0
+    assert (t.em_c - base[0]).abs().max() <= 0.05 and (t.em_m - base[1]).abs().max() <= 0.05
+    with pytest.raises(ValueError, match="context and from memory"):
+        steering.checks_end_edit(model, fit, [True] * len(fit), conflict, [HOOK])

@@ -13,9 +13,11 @@ Concepts (``kind`` in brackets) and where they are read:
 
 * ``topic:<t>`` (topic), one per topic: every position of a ``text :`` prompt once a topic word has appeared;
   positive when the text is about ``t`` (the model needs the topic to predict the next word).
-* ``knowledge_source`` (latent): the last position of the knowledge-conflict prompts (``report`` source);
-  positive when the world says the model uses the context (a majority of its checks confirm), negative when it uses memory.
-  This is the latent SPARE steers.
+* ``knowledge_source`` (latent): the knowledge-conflict prompts (``report`` source) at the ``.`` that closes
+  their ``checks``, the first position where all five checks have been read and the latent is determined;
+  positive when the world says the model uses the context (at least 3 checks confirm), negative when it uses
+  memory. At the last position, where SPARE reads, the residual carries the looked-up answer value instead
+  (as for attributes below); :func:`source_by_position` scores every position from the checks to the end.
 * ``refusal`` (behaviour): the last position of requests (harmful, jailbroken and benign); positive when the
   request is refused.
 * ``harm:<h>`` (harmful topic), one per harmful topic: the request words of harmful requests (plain and
@@ -75,7 +77,7 @@ def world_concepts(world: World, n: int = 200, seed: int = 0) -> list[Concept]:
         concepts.append(c)
     c = Concept("knowledge_source", "latent")
     for ex in world.eval_sets(n, seed=seed + 1)["conflict_mixed"]:
-        c.add(ex.prompt, _last(ex.prompt), ex.meta["uses"] == "context")
+        c.add(ex.prompt, _checks_end(ex.prompt), ex.meta["uses"] == "context")
     concepts.append(c)
     requests = ([world.request(rng, True, False) for _ in range(n // 2)]
                 + [world.request(rng, True, True) for _ in range(n // 2)]
@@ -106,6 +108,14 @@ def world_concepts(world: World, n: int = 200, seed: int = 0) -> list[Concept]:
 
 def _last(prompt: str) -> int:
     return len(prompt.split())  # <bos> + words: the last word sits at position len(words)
+
+
+def _checks_end(prompt: str) -> int:
+    """Position of the ``.`` that closes a conflict prompt's ``checks : ...`` list (``<bos>`` is position 0)."""
+    words = prompt.split()
+    if "checks" not in words:
+        raise ValueError(f"not a knowledge-conflict prompt with checks: {prompt!r}")
+    return words.index(".", words.index("checks")) + 1
 
 
 @torch.no_grad()
@@ -202,6 +212,25 @@ def attribute_by_format(model, sae, world: World, n: int = 200) -> pd.DataFrame:
         table[name] = {a: float(auroc_per_feature(acts, [ex.meta["attribute"] == a for ex in exs]).max())
                        for a in ATTRIBUTES}
     return pd.DataFrame(table)
+
+
+def source_by_position(model, sae, world: World, n: int = 200, seed: int = 1) -> pd.DataFrame:
+    """Where the knowledge-source latent is readable: for every position from ``checks`` to the end of the
+    conflict prompts (all share one layout), the best single feature's AUROC for "the model uses the context"
+    (pre-top-k score). Columns position, word, best_feature, auroc; the row ``is_concept`` is the position
+    :func:`world_concepts` reads."""
+    check_fits(model, sae)
+    exs = world.eval_sets(n, seed=seed)["conflict_mixed"]
+    words = exs[0].prompt.split()
+    if any(len(e.prompt.split()) != len(words) for e in exs):
+        raise ValueError("conflict prompts of different lengths: source_by_position needs one layout")
+    labels = [e.meta["uses"] == "context" for e in exs]
+    rows = []
+    for pos in range(words.index("checks") + 1, len(words) + 1):
+        au = auroc_per_feature(feature_activations(model, sae, [(e.prompt, pos) for e in exs], pre_topk=True), labels)
+        rows.append({"position": pos, "word": words[pos - 1], "best_feature": int(au.argmax()),
+                     "auroc": float(au.max()), "is_concept": pos == _checks_end(exs[0].prompt)})
+    return pd.DataFrame(rows)
 
 
 def detected_fraction(table: pd.DataFrame) -> float:

@@ -98,15 +98,15 @@ def label_conflicts(model: HookedTransformer, examples: Sequence[Example]) -> Co
 
 
 @torch.no_grad()
-def hidden_states(model: HookedTransformer, prompts: Sequence[str], hook_names: Sequence[str]
+def hidden_states(model: HookedTransformer, prompts: Sequence[str], hook_names: Sequence[str], position: int = -1
                   ) -> dict[str, Float[Tensor, "batch d_model"]]:
-    """Residual stream at the last prompt position for each hook name, in prompt order."""
+    """Residual stream at ``position`` (default: the last prompt position) for each hook name, in prompt order."""
     out = {h: torch.empty(len(prompts), model.cfg.d_model) for h in hook_names}
     for _, idx in evaluate._groups_by_length(model, prompts).items():
         tokens = model.to_tokens([prompts[i] for i in idx])
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in out)
         for h in out:
-            out[h][idx] = cache[h][:, -1].float().cpu()
+            out[h][idx] = cache[h][:, position].float().cpu()
     return out
 
 

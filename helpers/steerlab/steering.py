@@ -281,3 +281,50 @@ def source_patch_effect(model: HookedTransformer, examples: Sequence[Example], h
         rows.append({"hook": h, "em_c_patched": conflict_em(examples, patched)[0], "diff_cosine_to_mean": float(cos),
                      "diff_norm": float(diff.norm(dim=-1).mean()), "mean_diff_norm": float(diff.mean(0).norm())})
     return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def checks_end_edit(model: HookedTransformer, fit: Sequence[Example], fit_uses_context: Sequence[bool],
+                    examples: Sequence[Example], hook_names: Sequence[str], coefs: Sequence[float] = (1.0, 4.0)
+                    ) -> pd.DataFrame:
+    """Is the knowledge-source latent *used* where it is computed? The latent is readable at the ``.`` that closes
+    a conflict prompt's checks (``steerlab.concepts.source_by_position``). For each hook and coefficient ``c``:
+    EM_C and EM_M after adding ``+c d`` (toward context) or ``-c d`` (toward memory) at that position only,
+    with ``d`` the mean residual there of ``fit`` prompts the model answers from context minus of those it
+    answers from memory. EM that does not move means the answer is not read from that position.
+    ``logp_shift``: mean absolute change of log p(context value) at the answer, to tell "the edit reaches the
+    output but does not flip it" from "the edit does not reach the output"."""
+    from steerlab.concepts import _checks_end
+    from steerlab.spare import hidden_states
+
+    pos = {_checks_end(e.prompt) for e in list(fit) + list(examples)}
+    if len(pos) != 1:
+        raise ValueError("checks_end_edit needs conflict prompts of one layout (the checks end at one position)")
+    pos = pos.pop()
+    y = torch.tensor(list(fit_uses_context), dtype=torch.bool)
+    if y.all() or not y.any():
+        raise ValueError("checks_end_edit needs fit prompts answered from context and from memory")
+    prompts = [e.prompt for e in examples]
+    ctx_ids = torch.tensor([model.to_single_token(e.meta["context_value"]) for e in examples])
+    rows_i = torch.arange(len(examples))
+    base = evaluate.last_token_logits(model, prompts).log_softmax(-1)[rows_i, ctx_ids]
+    rows = []
+    for h in hook_names:
+        x = hidden_states(model, [e.prompt for e in fit], [h], position=pos)[h]
+        d = x[y].mean(0) - x[~y].mean(0)
+        for c in coefs:
+            em, shift = {}, []
+            for toward, sign in (("context", 1.0), ("memory", -1.0)):
+                def fn(r, hook=None, v=sign * c * d):
+                    if r.shape[1] <= pos:  # a cached generation step: the prompt position is already in the cache
+                        return r
+                    r = r.clone()
+                    r[:, pos] += v.to(r.dtype)
+                    return r
+                logits = evaluate.last_token_logits(model, prompts, [(h, fn)])
+                ans = model.tokenizer.convert_ids_to_tokens(logits.argmax(-1).tolist())
+                em[toward] = conflict_em(examples, ans)[0 if toward == "context" else 1]
+                shift.append(float((logits.log_softmax(-1)[rows_i, ctx_ids] - base).abs().mean()))
+            rows.append({"hook": h, "coef": c, "em_c": em["context"], "em_m": em["memory"],
+                         "logp_shift": sum(shift) / 2, "d_norm": float(d.norm())})
+    return pd.DataFrame(rows)
