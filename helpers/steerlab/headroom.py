@@ -30,6 +30,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from steerlab import evaluate
+from steerlab.spare import hidden_states
 from steerlab.world import WRAPPED_REFUSAL_SCORE, Example, World, score
 
 
@@ -52,22 +53,6 @@ def split_accuracy(examples: Sequence[Example], finals: Mapping[str, Sequence[st
     out = pd.DataFrame(rows).T
     out.loc["n"] = [groups.count(g) for g in names] + [len(groups)]
     return out
-
-
-@torch.no_grad()
-def last_residuals(model: HookedTransformer, prompts: Sequence[str], hook_names: Sequence[str],
-                   batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """``{hook: [len(prompts), d_model]}``: the residual at each prompt's last position."""
-    out: dict[str, list] = {h: [None] * len(prompts) for h in hook_names}
-    for idx in evaluate._groups_by_length(model, prompts).values():
-        for s in range(0, len(idx), batch_size):
-            chunk = idx[s: s + batch_size]
-            _, cache = model.run_with_cache(model.to_tokens([prompts[i] for i in chunk]),
-                                            names_filter=lambda n: n in hook_names)
-            for h in hook_names:
-                for row, i in enumerate(chunk):
-                    out[h][i] = cache[h][row, -1].float()
-    return {h: torch.stack(v) for h, v in out.items()}
 
 
 def answer_probe(model: HookedTransformer, examples: Sequence[Example], hook_names: Sequence[str],
@@ -93,7 +78,9 @@ def answer_probe(model: HookedTransformer, examples: Sequence[Example], hook_nam
     labels, counts = np.unique(y[train], return_counts=True)
     majority = float(np.mean(y[test] == labels[counts.argmax()]))
     rows = {}
-    for h, X in last_residuals(model, [e.prompt for e in examples], hook_names).items():
+    with torch.no_grad():
+        states = hidden_states(model, [e.prompt for e in examples], hook_names)  # last prompt position
+    for h, X in states.items():
         X = X.numpy()
         mu, sd = X[train].mean(0), X[train].std(0) + 1e-6  # standardise on the training split only
         clf = LogisticRegression(C=c, max_iter=3000).fit((X[train] - mu) / sd, y[train])
