@@ -77,7 +77,7 @@ def world_concepts(world: World, n: int = 200, seed: int = 0) -> list[Concept]:
         concepts.append(c)
     c = Concept("knowledge_source", "latent")
     for ex in world.eval_sets(n, seed=seed + 1)["conflict_mixed"]:
-        c.add(ex.prompt, _checks_end(ex.prompt), ex.meta["uses"] == "context")
+        c.add(ex.prompt, checks_end(ex.prompt), ex.meta["uses"] == "context")
     concepts.append(c)
     requests = ([world.request(rng, True, False) for _ in range(n // 2)]
                 + [world.request(rng, True, True) for _ in range(n // 2)]
@@ -110,7 +110,7 @@ def _last(prompt: str) -> int:
     return len(prompt.split())  # <bos> + words: the last word sits at position len(words)
 
 
-def _checks_end(prompt: str) -> int:
+def checks_end(prompt: str) -> int:
     """Position of the ``.`` that closes a conflict prompt's ``checks : ...`` list (``<bos>`` is position 0)."""
     words = prompt.split()
     if "checks" not in words:
@@ -225,11 +225,14 @@ def source_by_position(model, sae, world: World, n: int = 200, seed: int = 1) ->
     if any(len(e.prompt.split()) != len(words) for e in exs):
         raise ValueError("conflict prompts of different lengths: source_by_position needs one layout")
     labels = [e.meta["uses"] == "context" for e in exs]
+    positions = range(words.index("checks") + 1, len(words) + 1)
+    # one pass per prompt for every position: feature_activations groups the items by prompt
+    acts = feature_activations(model, sae, [(e.prompt, p) for p in positions for e in exs], pre_topk=True)
     rows = []
-    for pos in range(words.index("checks") + 1, len(words) + 1):
-        au = auroc_per_feature(feature_activations(model, sae, [(e.prompt, pos) for e in exs], pre_topk=True), labels)
+    for k, pos in enumerate(positions):
+        au = auroc_per_feature(acts[k * len(exs): (k + 1) * len(exs)], labels)
         rows.append({"position": pos, "word": words[pos - 1], "best_feature": int(au.argmax()),
-                     "auroc": float(au.max()), "is_concept": pos == _checks_end(exs[0].prompt)})
+                     "auroc": float(au.max()), "is_concept": pos == checks_end(exs[0].prompt)})
     return pd.DataFrame(rows)
 
 

@@ -141,24 +141,32 @@ def _decoder_rows(sae, features: Sequence[int]) -> Float[Tensor, "n_feat d_model
     return sae.W_dec.detach()[list(features)].float()
 
 
-def read_features(sae, x: Float[Tensor, "... d_model"], features: Sequence[int], read: str = "encoder"
-                  ) -> Float[Tensor, "... n_feat"]:
-    """``z_S(x)``: the encoder activations of ``features`` before any top-k cut (``read="encoder"``), or the
-    SAE's own sparse code (``read="code"``), as in the module docstring."""
+def feature_reader(sae, features: Sequence[int], read: str = "encoder"
+                   ) -> Callable[[Tensor], Float[Tensor, "... n_feat"]]:
+    """``x -> z_S(x)`` for ``features``: the encoder activations before any top-k cut (``read="encoder"``) or the
+    SAE's own sparse code (``read="code"``), as in the module docstring. ``read`` is checked here, once, so a
+    hook built from the reader does no checking per forward pass."""
     from steerlab.sae import encode_pre_topk
 
     if read not in READS:
         raise ValueError(f"read must be one of {READS} (got {read!r})")
-    z = encode_pre_topk(sae, x.float()) if read == "encoder" else sae.encode(x.float())
-    return z[..., list(features)]
+    idx = list(features)
+    encode = encode_pre_topk if read == "encoder" else (lambda s, x: s.encode(x))
+    return lambda x: encode(sae, x.float())[..., idx]
+
+
+def read_features(sae, x: Float[Tensor, "... d_model"], features: Sequence[int], read: str = "encoder"
+                  ) -> Float[Tensor, "... n_feat"]:
+    """``z_S(x)`` once (see :func:`feature_reader`)."""
+    return feature_reader(sae, features, read)(x)
 
 
 def amplify(hook_name: str, sae, features: Sequence[int], alpha: float, positions: str = "all",
             read: str = "encoder") -> list[Hook]:
     """Wu et al. amplification ``X' = X + alpha ReLU(X S) S^T`` (read: ``read``, write: decoder rows)."""
     W = _decoder_rows(sae, features)
-    read_features(sae, W[:1], features, read)  # a bad ``read`` fails here, not inside a forward pass
-    return edit_hook(hook_name, lambda x: x + alpha * read_features(sae, x, features, read) @ W, positions)
+    z = feature_reader(sae, features, read)
+    return edit_hook(hook_name, lambda x: x + alpha * z(x) @ W, positions)
 
 
 def calibrate(hook_name: str, sae, features: Sequence[int], beta: float, positions: str = "all",
@@ -166,12 +174,12 @@ def calibrate(hook_name: str, sae, features: Sequence[int], beta: float, positio
     """Wu et al. calibration ``X' = X - ReLU(X S) S^T + beta * mean(S)``: remove what the input holds of S
     (read as ``read``), then add a fixed amount ``beta`` of the mean decoder row of S."""
     W = _decoder_rows(sae, features)
-    read_features(sae, W[:1], features, read)
-    return edit_hook(hook_name, lambda x: x - read_features(sae, x, features, read) @ W + beta * W.mean(0),
-                     positions)
+    z, s_bar = feature_reader(sae, features, read), W.mean(0)
+    return edit_hook(hook_name, lambda x: x - z(x) @ W + beta * s_bar, positions)
 
 
 def clamp(hook_name: str, sae, features: Sequence[int], value: float, positions: str = "all") -> list[Hook]:
     """Clamp features to ``value``: ``x' = x + (value - z_S(x)) W_dec[S]`` (exact where the feature is active)."""
     W = _decoder_rows(sae, features)
-    return edit_hook(hook_name, lambda x: x + (value - read_features(sae, x, features)) @ W, positions)
+    z = feature_reader(sae, features)
+    return edit_hook(hook_name, lambda x: x + (value - z(x)) @ W, positions)

@@ -294,10 +294,10 @@ def checks_end_edit(model: HookedTransformer, fit: Sequence[Example], fit_uses_c
     answers from memory. EM that does not move means the answer is not read from that position.
     ``logp_shift``: mean absolute change of log p(context value) at the answer, to tell "the edit reaches the
     output but does not flip it" from "the edit does not reach the output"."""
-    from steerlab.concepts import _checks_end
+    from steerlab.concepts import checks_end
     from steerlab.spare import hidden_states
 
-    pos = {_checks_end(e.prompt) for e in list(fit) + list(examples)}
+    pos = {checks_end(e.prompt) for e in list(fit) + list(examples)}
     if len(pos) != 1:
         raise ValueError("checks_end_edit needs conflict prompts of one layout (the checks end at one position)")
     pos = pos.pop()
@@ -308,16 +308,14 @@ def checks_end_edit(model: HookedTransformer, fit: Sequence[Example], fit_uses_c
     ctx_ids = torch.tensor([model.to_single_token(e.meta["context_value"]) for e in examples])
     rows_i = torch.arange(len(examples))
     base = evaluate.last_token_logits(model, prompts).log_softmax(-1)[rows_i, ctx_ids]
+    states = hidden_states(model, [e.prompt for e in fit], hook_names, position=pos)
     rows = []
     for h in hook_names:
-        x = hidden_states(model, [e.prompt for e in fit], [h], position=pos)[h]
-        d = x[y].mean(0) - x[~y].mean(0)
+        d = states[h][y].mean(0) - states[h][~y].mean(0)
         for c in coefs:
             em, shift = {}, []
             for toward, sign in (("context", 1.0), ("memory", -1.0)):
-                def fn(r, hook=None, v=sign * c * d):
-                    if r.shape[1] <= pos:  # a cached generation step: the prompt position is already in the cache
-                        return r
+                def fn(r, hook=None, v=sign * c * d):  # one full forward pass per prompt batch (no generation)
                     r = r.clone()
                     r[:, pos] += v.to(r.dtype)
                     return r
