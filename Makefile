@@ -24,11 +24,12 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
-# A full default run, its metrics copied into results/default/ (committed).
+# A full default run, its metrics (and notebook 01's per-concept table) copied into results/default/ (committed).
 results: setup
 	$(BIN)/python -m steerlab.pipeline --profile default
 	mkdir -p results/default
 	for d in runs/default/*/; do s=$$(basename $$d); test -f $$d/metrics.json && cp $$d/metrics.json results/default/$$s.metrics.json; done
+	cp runs/default/01_train_sae/concepts.csv results/default/01_train_sae.concepts.csv
 
 lab: setup
 	$(BIN)/jupyter lab notebooks
