@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from steerlab import explain
+from steerlab import explain, explain_eval
 from steerlab.explain import ExplainConfig, Explanations
 
 LN3 = math.log(3.0)
@@ -126,34 +126,34 @@ def test_labeller_precision_and_function_words():
            "harmful:weapon": ["bomb"], "refusal": ["sorry"]}
     ex = _expl([["sorry", "the", "x1", "x2"], ["guitar", "melody", "the", "a"], ["x1", "x2", "x3", "venom"],
                 ["toxin", "bomb", "venom", "x1"]])
-    lab = explain.label_features(ex, lex, n=4, min_confidence=0.3)
+    lab = explain_eval.label_features(ex, lex, n=4, min_confidence=0.3)
     assert lab["label"].tolist() == ["refusal", "topic:music", "none", "harmful:poison"]
     assert lab.loc[0, "confidence"] == pytest.approx(1.0)
     ideal = 1 + 1 / math.log2(3) + 1 / math.log2(4)
     assert lab.loc[1, "confidence"] == pytest.approx((1 + 1 / math.log2(3)) / ideal)
     assert lab.loc[2, "confidence"] == pytest.approx((1 / math.log2(5)) / (1 + 1 / math.log2(3)))
-    assert explain.features_with_label(lab, "harmful") == [3]
-    assert explain.features_with_label(lab, "refusal") == [0]
-    prec = explain.precision_at_k(ex, {1: "topic:music", 0: "topic:music"}, lex, k=4)
+    assert explain_eval.features_with_label(lab, "harmful") == [3]
+    assert explain_eval.features_with_label(lab, "refusal") == [0]
+    prec = explain_eval.precision_at_k(ex, {1: "topic:music", 0: "topic:music"}, lex, k=4)
     assert prec.set_index("feature").loc[1, "precision"] == 0.5 and prec.set_index("feature").loc[0, "precision"] == 0
-    assert explain.function_word_share(ex, [0, 1], ["the", "a"], k=4) == pytest.approx(3 / 8)
+    assert explain_eval.function_word_share(ex, [0, 1], ["the", "a"], k=4) == pytest.approx(3 / 8)
 
 
 def test_labels_round_trip(tmp_path):
-    lab = explain.label_features(_expl([["sorry", "x"]]), {"refusal": ["sorry"]}, n=2)
-    explain.write_labels(tmp_path / "labels.json", lab, layer=2)
-    back = explain.read_labels(tmp_path / "labels.json")
+    lab = explain_eval.label_features(_expl([["sorry", "x"]]), {"refusal": ["sorry"]}, n=2)
+    explain_eval.write_labels(tmp_path / "labels.json", lab, layer=2)
+    back = explain_eval.read_labels(tmp_path / "labels.json")
     assert back.to_dict("records") == lab.to_dict("records")
 
 
 def test_default_lexicons_follow_the_world(tinyworld):
     _, world = tinyworld
-    lex = explain.default_lexicons(world)
-    assert lex["refusal"] == ["sorry"] and set(lex["source"]) == set(explain.SOURCE_WORDS) >= {"trusted", "rumor", "report"}
+    lex = explain_eval.default_lexicons(world)
+    assert lex["refusal"] == ["sorry"] and set(lex["source"]) == set(explain_eval.SOURCE_WORDS) >= {"trusted", "rumor", "report"}
     assert len([k for k in lex if k.startswith("topic:")]) == 8 and "harmful:poison" in lex
 
 
 def test_topic_truth_keeps_confident_topic_features():
-    truth = explain.topic_truth({0: ("topic:music", 0.99), 1: ("topic:sport", 0.9), 2: ("refusal", 0.99)}, 0.95)
+    truth = explain_eval.topic_truth({0: ("topic:music", 0.99), 1: ("topic:sport", 0.9), 2: ("refusal", 0.99)}, 0.95)
     assert truth["is_topic"].tolist() == [True, False, False]
     assert truth.loc[0, "concept"] == "topic:music"

@@ -76,3 +76,14 @@ def test_load_model_by_path(tinyworld):
     model = models.load_model(str(models.TINYWORLD_DIR))
     ref, _ = tinyworld
     torch.testing.assert_close(model.W_E, ref.W_E)
+
+
+def test_both_loaders_attach_the_world(tinyworld):
+    """Functions that take only the model (explain.default_words) must see the world whichever loader was used:
+    without it, explanations of a tinyworld SAE silently ran over the English word list."""
+    from steerlab import explain
+
+    model, world = tinyworld
+    assert model.world is world
+    assert explain.default_words(model) == world.lexicon()
+    assert explain.default_words(models.load_model("tinyworld")) == world.lexicon()

@@ -57,8 +57,19 @@ def test_training_writes_saelens_format_and_learns(trained, tw):
         assert res.curves[layer]["l0"][-1] <= 8 + 1e-6
     recipe = json.loads((out / "training.json").read_text())
     assert recipe["config"]["d_sae"] == 64
+    assert S.load_recipe(out) == S.SAETrainConfig(layers=(0, 1), d_sae=64, k=8, training_tokens=24576,
+                                                  batch_tokens=512, n_batches_in_buffer=64, log_every=2, lr=5e-3)
+    assert S.load_recipe("tinyworld").k == 32  # the shipped SAEs' recipe
     sae = S.load_sae(out, layer=1, model=model)
     assert sae.cfg.d_sae == 64 and sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+
+
+def test_load_recipe_names_a_bad_file(tmp_path):
+    with pytest.raises(ValueError, match="training.json"):
+        S.load_recipe(tmp_path)
+    (tmp_path / "training.json").write_text('{"config": {"d_sae": 64, "colour": 1}}')
+    with pytest.raises(ValueError, match="not a steerlab SAE recipe"):
+        S.load_recipe(tmp_path)
 
 
 def test_encode_pre_topk_matches_topk_code(trained, tw):

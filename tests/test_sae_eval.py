@@ -84,8 +84,24 @@ def test_task_accuracy_shipped_sae_and_broken_sae(tw):
     assert list(good.index) == list(E.TASK_SETS)
     assert good.loc["closed_book", "clean"] > 0.8
     assert good["drop"].max() <= 0.25
+    assert (good["n"] == 8).all() and (good["drop_se"] >= 0).all()
+    assert (good["drop"] - (good["clean"] - good["spliced"])).abs().max() < 1e-9
     bad = E.task_accuracy(_zero_sae(model, S.DEFAULT_LAYER), model, world, n=8)
     assert bad.loc["closed_book", "drop"] > 0.5  # a broken SAE shows up as a drop
+
+
+def test_paired_drop_by_hand():
+    # d = [1, 0, 0, -1, 1, 0, 0, 0]: mean 1/8, sample sd sqrt((3 * (7/8)^2 + 9/64 * ... )) computed below by hand
+    clean = [1, 1, 0, 0, 1, 1, 1, 0]
+    spliced = [0, 1, 0, 1, 0, 1, 1, 0]
+    drop, se = E.paired_drop(clean, spliced)
+    d = [1, 0, 0, -1, 1, 0, 0, 0]
+    mean = sum(d) / 8
+    var = sum((x - mean) ** 2 for x in d) / 7
+    assert drop == pytest.approx(0.125) and se == pytest.approx((var / 8) ** 0.5)
+    assert E.paired_drop([1, 0, 1], [1, 0, 1]) == (0.0, 0.0)  # no flips: no drop and no error
+    with pytest.raises(ValueError, match="equal"):
+        E.paired_drop([1, 0], [1])
 
 
 def test_mcqa_split_matches_the_family_and_known_facts_beat_guessing(tw):
@@ -107,3 +123,21 @@ def test_eval_rejects_misfit_sae(tw, rows):
     sae.cfg.metadata.hook_name = "blocks.7.hook_resid_post"
     with pytest.raises(ValueError, match="does not have"):
         E.reconstruction_stats(sae, model, rows)
+
+
+def test_sparsity_sweep_trades_reconstruction_for_sparsity(tw, rows, tmp_path):
+    """Two retrainings of one recipe that differ only in k: the denser code reconstructs clearly better, each row
+    is measured (L0 at most its k) and written to its own folder; an impossible k is refused before training."""
+    model, world = tw
+    cfg = S.SAETrainConfig(d_sae=64, training_tokens=24576, batch_tokens=512, n_batches_in_buffer=64, lr=5e-3)
+    table = E.sparsity_sweep(model, world, cfg, [1, 32], layer=1, rows=rows, out_dir=tmp_path, n_tasks=8,
+                             n_concept=10)
+    assert list(table.index) == [1, 32]
+    for k in (1, 32):  # top-k keeps k latents; one whose pre-activation is not positive does not fire
+        assert 0.75 * k <= table.loc[k, "mean_l0"] <= k
+    assert table.loc[32, "explained_variance"] > table.loc[1, "explained_variance"] + 0.1
+    assert set(table["worst_task"]) <= set(E.TASK_SETS) and (table["drop_se"] >= 0).all()
+    assert 0 <= table["concepts_detected_fraction"].min() <= table["concepts_detected_fraction"].max() <= 1
+    assert (tmp_path / "k1" / S.hook_name_for(1) / "cfg.json").exists()
+    with pytest.raises(ValueError, match="d_sae"):
+        E.sparsity_sweep(model, world, cfg, [65], layer=1, rows=rows, out_dir=tmp_path)

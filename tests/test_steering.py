@@ -63,6 +63,16 @@ def test_pick_defence():
     assert steering.pick_defence(edge, 0.02).strength == 12.0  # a drop of exactly 0.02 qualifies; 0.025 does not
 
 
+def test_rate_se_by_hand():
+    assert steering.rate_se(0.2, n=100) == pytest.approx(0.04)  # sqrt(0.2 * 0.8 / 100)
+    assert steering.rate_se(1.0, 0.9, n=100) == pytest.approx(0.03)  # sqrt(0 + 0.09 / 100)
+    assert steering.rate_se(0.0, n=5) == 0.0
+    with pytest.raises(ValueError, match="n > 0"):
+        steering.rate_se(0.5, n=0)
+    with pytest.raises(ValueError, match="rates in"):
+        steering.rate_se(1.5, n=10)
+
+
 def test_locally_saved_sae_runs_the_real_model_code_path(tinyworld, rng, tmp_path):
     """The gpt2-small profile loads a SAELens release; offline the same calls run on a saved SAE folder."""
     model, world = tinyworld

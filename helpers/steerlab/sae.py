@@ -291,6 +291,18 @@ def load_sae(source: str | Path = "tinyworld", layer: int | None = None, hook_na
     return sae
 
 
+def load_recipe(source: str | Path = "tinyworld") -> SAETrainConfig:
+    """The :class:`SAETrainConfig` a set of SAEs was trained with, from the ``training.json`` that
+    :func:`train_saes` writes beside them (``"tinyworld"``: the shipped SAEs)."""
+    path = (SAE_DIR / "tinyworld" if str(source) == "tinyworld" else Path(source)) / "training.json"
+    try:
+        cfg = json.loads(path.read_text())["config"]
+        return SAETrainConfig(**{**cfg, "layers": tuple(cfg["layers"])})
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is missing or is not a steerlab SAE recipe ({err}); it is written by "
+                         "steerlab.sae.train_saes") from err
+
+
 def load_saes(layers=(0, 1, 2, 3), source: str | Path = "tinyworld", model=None) -> dict:
     """``{layer: SAE}`` for the residual stream SAEs of ``layers``."""
     return {int(layer): load_sae(source, layer=int(layer), model=model) for layer in layers}

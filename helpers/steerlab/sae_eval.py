@@ -12,12 +12,17 @@ as in training); the downstream measures splice the SAE into the forward pass wi
   non-pad targets and CE_zero the loss with the hook's activation zeroed at the same positions;
 * ``kl_to_clean``: mean KL(p_clean || p_spliced) of the next-token distributions over non-pad positions;
 * task accuracy per evaluation set of the world, clean and spliced, and ``max_task_acc_drop``;
-  :func:`mcqa_split_accuracy` splits held-out multiple choice into known and hidden facts.
+  :func:`mcqa_split_accuracy` splits held-out multiple choice into known and hidden facts. A drop is a paired
+  difference over the same prompts, reported with its standard error (:func:`paired_drop`): at 200 prompts per
+  family that error reaches 0.025 (multiple choice), more than the 0.02 target, so notebook 01 measures on 1,000.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -25,8 +30,9 @@ import torch.nn.functional as F
 from jaxtyping import Int
 from torch import Tensor
 
-from steerlab import evaluate
-from steerlab.sae import check_fits, iter_activations, splice_hooks
+from steerlab import concepts, evaluate
+from steerlab.sae import check_fits, iter_activations, splice_hooks, train_tinyworld_saes
+from steerlab.world import score
 
 # evaluation sets with a gold answer (``topic`` texts have none)
 TASK_SETS = ("closed_book", "open_book_consistent", "conflict_trusted", "conflict_untrusted", "conflict_mixed",
@@ -114,31 +120,43 @@ def downstream_loss(sae, model, rows: Int[Tensor, "batch pos"], batch_size: int 
     return out
 
 
+def paired_drop(clean: Sequence[bool], spliced: Sequence[bool]) -> tuple[float, float]:
+    """``(drop, se)``: mean of ``clean_i - spliced_i`` over the same prompts, and its standard error
+    ``sd(d) / sqrt(n)`` (sample standard deviation). Only prompts that flip contribute to either."""
+    if len(clean) != len(spliced) or not len(clean):
+        raise ValueError(f"paired_drop needs two equal, non-empty lists (got {len(clean)} and {len(spliced)})")
+    d = torch.tensor([float(c) - float(s) for c, s in zip(clean, spliced)], dtype=torch.float64)
+    se = float(d.std() / len(d) ** 0.5) if len(d) > 1 else float("nan")
+    return float(d.mean()), se
+
+
+def _clean_and_spliced(sae, model, examples) -> dict:
+    clean = [score(e, a) for e, a in zip(examples, evaluate.answer(model, examples))]
+    spliced = [score(e, a) for e, a in zip(examples, evaluate.answer(model, examples, fwd_hooks=splice_hooks(sae)))]
+    drop, se = paired_drop(clean, spliced)
+    return {"n": len(examples), "clean": sum(clean) / len(clean), "spliced": sum(spliced) / len(spliced),
+            "drop": drop, "drop_se": se}
+
+
 def task_accuracy(sae, model, world, n: int = 200) -> pd.DataFrame:
-    """Accuracy per evaluation set, clean and with the SAE spliced in (columns clean, spliced, drop)."""
+    """Accuracy per evaluation set, clean and with the SAE spliced in (columns n, clean, spliced, drop, drop_se)."""
     check_fits(model, sae)
     sets = world.eval_sets(n)
-    rows = []
-    for key in TASK_SETS:
-        clean = evaluate.accuracy(model, sets[key])
-        spliced = evaluate.accuracy(model, sets[key], fwd_hooks=splice_hooks(sae))
-        rows.append({"task": key, "clean": clean, "spliced": spliced, "drop": clean - spliced})
+    rows = [{"task": key, **_clean_and_spliced(sae, model, sets[key])} for key in TASK_SETS]
     return pd.DataFrame(rows).set_index("task")
 
 
 def mcqa_split_accuracy(sae, model, world, n: int = 200) -> pd.DataFrame:
-    """``mcqa_heldout`` split into its known-fact and hidden-fact questions (``meta['hidden']``): clean, spliced
-    and drop per half. On hidden facts the model can only guess, so a change there is a change of guesses."""
+    """``mcqa_heldout`` split into its known-fact and hidden-fact questions (``meta['hidden']``): n, clean,
+    spliced, drop and drop_se per half. On hidden facts the model can only guess, so a change there is a change
+    of guesses."""
     check_fits(model, sae)
     exs = world.eval_sets(n)["mcqa_heldout"]
     rows = []
     for name, hidden in (("known facts", False), ("hidden facts", True)):
         part = [e for e in exs if bool(e.meta.get("hidden")) == hidden]
-        if not part:
-            continue
-        clean = evaluate.accuracy(model, part)
-        spliced = evaluate.accuracy(model, part, fwd_hooks=splice_hooks(sae))
-        rows.append({"mcqa_heldout": name, "n": len(part), "clean": clean, "spliced": spliced, "drop": clean - spliced})
+        if part:
+            rows.append({"mcqa_heldout": name, **_clean_and_spliced(sae, model, part)})
     return pd.DataFrame(rows).set_index("mcqa_heldout")
 
 
@@ -151,3 +169,37 @@ def evaluate_sae(sae, model, world, rows: Int[Tensor, "batch pos"], n_tasks: int
     tasks = task_accuracy(sae, model, world, n_tasks)
     metrics["max_task_acc_drop"] = float(tasks["drop"].max())
     return metrics, tasks
+
+
+def sparsity_sweep(model, world, cfg, ks: Sequence[int], layer: int, rows: Int[Tensor, "batch pos"], out_dir,
+                   n_tasks: int = 200, n_concept: int = 200) -> pd.DataFrame:
+    """Retrain the SAE of ``layer`` with the recipe ``cfg`` (a :class:`steerlab.sae.SAETrainConfig`) at each
+    sparsity ``k`` and measure each the same way: explained variance, CE loss recovered, dead fraction, L0, the
+    largest task-accuracy drop (with its standard error and family) and the share of concepts detected.
+
+    The sparsity-fidelity frontier (Gao et al. 2024): a larger ``k`` reconstructs better, and the question is
+    what it costs in interpretability. One row per ``k``; SAEs are written under ``out_dir/k{k}``."""
+    ks = [int(k) for k in ks]
+    if any(k <= 0 or k > cfg.d_sae for k in ks):
+        raise ValueError(f"sparsity_sweep: every k must be in 1..d_sae={cfg.d_sae} (got {ks})")
+    table = {}
+    for k in ks:
+        c = dataclasses.replace(cfg, k=k, layers=(int(layer),))
+        sae = train_tinyworld_saes(model, world, c, Path(out_dir) / f"k{k}").saes[int(layer)]
+        rec = reconstruction_stats(sae, model, rows)
+        quality = {"explained_variance": rec.explained_variance, "mean_l0": rec.mean_l0,
+                   "dead_fraction": rec.dead_fraction, **downstream_loss(sae, model, rows)}
+        table[k] = summary_row(quality, task_accuracy(sae, model, world, n_tasks),
+                               concepts.concept_table(model, sae, world, n_concept))
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis("k")
+
+
+def summary_row(quality, tasks: pd.DataFrame, concept_table: pd.DataFrame) -> dict:
+    """One SAE in one row: reconstruction (``quality``: a mapping with explained_variance, mean_l0,
+    dead_fraction, ce_loss_recovered), its largest task drop with standard error and family (``tasks``, from
+    :func:`task_accuracy`) and the share of concepts detected (``concept_table``, from
+    ``steerlab.concepts.concept_table``)."""
+    worst = tasks["drop"].idxmax()
+    return {**{m: float(quality[m]) for m in ("explained_variance", "mean_l0", "dead_fraction", "ce_loss_recovered")},
+            "max_task_acc_drop": float(tasks.loc[worst, "drop"]), "drop_se": float(tasks.loc[worst, "drop_se"]),
+            "worst_task": worst, "concepts_detected_fraction": concepts.detected_fraction(concept_table)}

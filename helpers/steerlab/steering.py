@@ -230,6 +230,14 @@ def request_rates(model: HookedTransformer, harmful: Sequence[Example], benign: 
             "benign_acc": sum(map(score, benign, ans_b)) / max(len(benign), 1)}
 
 
+def rate_se(*rates: float, n: int) -> float:
+    """Binomial standard error of one rate measured on ``n`` items, ``sqrt(p (1 - p) / n)``; with two rates, of
+    their difference as if the two samples were independent (an upper bound when they are the same items)."""
+    if n <= 0 or not rates or any(not 0 <= p <= 1 for p in rates):
+        raise ValueError(f"rate_se needs rates in [0, 1] and n > 0 (got {rates}, n={n})")
+    return sum(p * (1 - p) / n for p in rates) ** 0.5
+
+
 def defence_sweep(model: HookedTransformer, hook_name: str, sae, features: Sequence[int],
                   alphas: Sequence[float], betas: Sequence[float], harmful: Sequence[Example],
                   benign: Sequence[Example], positions: str = "all", reads: Sequence[str] = ("encoder",)
