@@ -4,7 +4,7 @@ import pytest
 import torch
 from control_fixtures import tiny_model, tiny_sae
 
-from steerlab import control, rl
+from steerlab import control, rl, rl_eval
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_hooks_steer_every_generated_token_under_the_kv_cache(tiny):
     # reports one choice per generated step and layer
     plain = rl.generate(model, prompts, 4)
     assert g.tokens != plain.tokens
-    chosen = rl.chosen_features(model, pol, saes, prompts, 4)
+    chosen = rl_eval.chosen_features(model, pol, saes, prompts, 4)
     assert len(chosen[0]) == 2 * min(4, len(g.tokens[0]) + 1)
     assert {c["layer"] for c in chosen[0]} == {0, 1}
 

@@ -7,6 +7,7 @@ import torch
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
 from steerlab import graph as G
+from steerlab import graph_io as GI
 from steerlab.models import TINYWORLD_DIR, ModelConfig, build_model
 from steerlab.sae import encoder_preactivation
 from steerlab.tokenizer import load_tokenizer
@@ -149,16 +150,16 @@ def test_networkx_and_json_round_trip(tiny, tmp_path):
     model, saes = tiny
     g = G.build_graph(model, saes, PROMPT)
     pr = G.prune(g)
-    nxg = G.to_networkx(g, pr, explanations={(0, 1): "alpha beta"}, n_model_layers=2, tokenizer=model.tokenizer)
+    nxg = GI.to_networkx(g, pr, explanations={(0, 1): "alpha beta"}, n_model_layers=2, tokenizer=model.tokenizer)
     assert nxg.number_of_nodes() == int(pr.node_mask.sum()) and nxg.number_of_edges() > 0
     kinds = {d["kind"] for _, d in nxg.nodes(data=True)}
     assert {"feature", "embedding", "logit"} <= kinds
-    data = G.to_json(nxg, node_threshold=0.8)
+    data = GI.to_json(nxg, node_threshold=0.8)
     assert set(data) == {"metadata", "qParams", "nodes", "links"}
     assert {"node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId", "clerp", "influence"} <= set(data["nodes"][0])
     path = tmp_path / "g.json"
     path.write_text(__import__("json").dumps(data))
-    back = G.from_json(path)
+    back = GI.from_json(path)
     assert set(back.nodes) == set(nxg.nodes) and set(back.edges) == set(nxg.edges)
     keys = ("kind", "layer", "position", "feature", "explanation", "token")
     for n, d in nxg.nodes(data=True):
@@ -166,7 +167,7 @@ def test_networkx_and_json_round_trip(tiny, tmp_path):
     for s, t, d in nxg.edges(data=True):
         assert back.edges[s, t]["weight"] == pytest.approx(d["weight"])
     with pytest.raises(ValueError, match="missing"):
-        G.from_json({"nodes": []})
+        GI.from_json({"nodes": []})
 
 
 def test_config_and_layer_errors(tiny):

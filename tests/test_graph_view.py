@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from steerlab import graph as G
+from steerlab import graph_io as GI
 from steerlab import graph_view as V
 
 from test_graph import PROMPT, tiny  # noqa: F401  (fixture)
@@ -20,7 +21,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
 def view(tiny, tmp_path_factory):  # noqa: F811
     model, saes = tiny
     g = G.build_graph(model, saes, PROMPT)
-    nxg = G.to_networkx(g, G.prune(g), explanations={(l, f): "hello <world>" for l, _, f in g.active_features.tolist()},
+    nxg = GI.to_networkx(g, G.prune(g), explanations={(l, f): "hello <world>" for l, _, f in g.active_features.tolist()},
                         n_model_layers=2, tokenizer=model.tokenizer)
     path = V.write_html(nxg, tmp_path_factory.mktemp("view") / "g.html")
     return nxg, path
@@ -37,7 +38,7 @@ def test_page_is_offline_and_has_every_node(view):
     assert page.count("CircuitsVis.ColoredTokens") == min(30, n_feat)  # node details: circuitsvis token views
     assert page.count("var CircuitsVis") == 1  # the circuitsvis bundle inlined once
     pos = V.layout(nxg).pos
-    logit = G.target_node(nxg)
+    logit = GI.target_node(nxg)
     assert all(pos[logit][1] < pos[n][1] for n, d in nxg.nodes(data=True) if d["kind"] == "embedding")
 
 

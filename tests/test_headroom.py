@@ -60,7 +60,7 @@ def test_refusal_reward_and_sampler(tinyworld):
 def test_crl_gains_where_the_frozen_model_has_headroom(tinyworld):
     """On the refusal task the frozen model answers every working jailbreak (reward ~0.5); a CRL policy that adds
     one feature at layer 2 learns to refuse them and still answer benign requests."""
-    from steerlab import control, rl
+    from steerlab import control, rl, rl_eval
     from steerlab import sae as sae_mod
 
     model, world = tinyworld
@@ -72,6 +72,6 @@ def test_crl_gains_where_the_frozen_model_has_headroom(tinyworld):
                      reward_fn=headroom.refusal_reward)
     sets = world.eval_sets(40)
     held_out = sets["harmful_jailbreak"] + sets["benign"]
-    base = rl.accuracy_and_answers(held_out, rl.answers(model, held_out), headroom.refusal_reward)[0]
-    crl = rl.accuracy_and_answers(held_out, rl.answers(model, held_out, policy, saes), headroom.refusal_reward)[0]
+    base = rl_eval.accuracy_and_answers(held_out, rl_eval.answers(model, held_out), headroom.refusal_reward)[0]
+    crl = rl_eval.accuracy_and_answers(held_out, rl_eval.answers(model, held_out, policy, saes), headroom.refusal_reward)[0]
     assert base < 0.55 and crl > base + 0.15

@@ -2,7 +2,6 @@
 full run (results/default/) has."""
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from control_fixtures import tiny_model, tiny_sae
 
-from steerlab import control, evaluate, rl
+from steerlab import control, evaluate, rl, rl_eval
 from steerlab.world import Example
 
 
@@ -46,7 +46,7 @@ def test_probe_policy_learns_the_feature_that_promotes_the_target(tiny, algo):
     before = rl.rollout(model, pol, sae, pool, greedy=False, reward_fn=reward).rewards.mean()
     rcfg = rl.RLConfig(algo=algo, n_updates=25, batch_size=32, group_size=8, lr=1e-2, ent_coef=0.0, seed=0)
     res = rl.train_control(model, pol, sae, sampler, rcfg, reward_fn=reward)
-    chosen = rl.chosen_features(model, pol, sae, [e.prompt for e in pool])
+    chosen = rl_eval.chosen_features(model, pol, sae, [e.prompt for e in pool])
     assert all(c[0]["features"] == [best] for c in chosen)
     assert rl.rollout(model, pol, sae, pool, greedy=True, reward_fn=reward).rewards.mean() == 1.0
     assert before < 0.5 and res.history["reward"][-1] > 0.8
@@ -99,14 +99,14 @@ def test_rlvr_improves_the_probe_reward_and_leaves_the_model_untouched(tiny):
     tuned, hist = rl.train_rlvr(model, lambda r: r.choice(pool), cfg, reward_fn=reward)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert hist["reward"][-1] > hist["reward"][0] + 0.3
-    assert rl.answers(tuned, pool) == [target] * 4
+    assert rl_eval.answers(tuned, pool) == [target] * 4
 
 
 def test_final_answer_and_agreement():
     ex = Example("reasoning", "reason : 1 + 2 =", "1 + 2 = 3 ; so 3", {"result": 3})
-    assert rl.final_answer(ex, "1 + 2 = 3 ; so 3") == "3"
-    assert rl.final_answer(ex, "1 + 2 = 3 ;") == ""
-    assert rl.agreement(["A", "B", "3"], ["A", "C", "3"]) == pytest.approx(2 / 3)
+    assert rl_eval.final_answer(ex, "1 + 2 = 3 ; so 3") == "3"
+    assert rl_eval.final_answer(ex, "1 + 2 = 3 ;") == ""
+    assert rl_eval.agreement(["A", "B", "3"], ["A", "C", "3"]) == pytest.approx(2 / 3)
 
 
 def test_rl_config_validation():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from control_fixtures import tiny_model, tiny_sae
 
-from steerlab import control, rl, universality
+from steerlab import control, rl_eval, universality
 from steerlab.world import score
 
 
@@ -110,7 +110,7 @@ def test_transfer_table_rows_and_a_noop_policy_changes_nothing(tiny):
     assert set(map(tuple, df["layers"])) == {(1,), (0,)}
     assert all(tuple(l) == (1,) for l in df.loc[df.trained, "layers"])
     assert (df["gain"].abs() < 1e-9).all()
-    mcqa_base = sum(score(e, c) for e, c in zip(sets["mcqa"], rl.answers(model, sets["mcqa"]))) / 6
+    mcqa_base = sum(score(e, c) for e, c in zip(sets["mcqa"], rl_eval.answers(model, sets["mcqa"]))) / 6
     assert abs(df.loc[df.task == "mcqa", "base_acc"].iloc[0] - mcqa_base) < 1e-9
     narrow = {0: tiny_sae(0, d_sae=8), 1: saes[1]}
     assert set(map(tuple, universality.transfer_table(model, narrow, {"p": pol}, sets)["layers"])) == {(1,)}

@@ -23,7 +23,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from steerlab.graph import AttributionGraph, GraphConfig, build_graph, frozen_hook_names, prune, to_networkx
+from steerlab.graph import AttributionGraph, GraphConfig, build_graph, frozen_hook_names, prune
+from steerlab.graph_io import to_networkx
 from steerlab.world import SOURCES, Example, World
 
 
@@ -313,7 +314,7 @@ def control_analysis(model: HookedTransformer, saes: Mapping[int, object], world
     (logged). The task is read from the folder name (``reasoning`` else multiple choice)."""
     import pandas as pd
 
-    from steerlab import control, rl
+    from steerlab import control, rl, rl_eval
     from steerlab.world import score
 
     policies = control.load_policies(policy_dir, dict(saes), model)
@@ -323,11 +324,11 @@ def control_analysis(model: HookedTransformer, saes: Mapping[int, object], world
     for name, policy in policies.items():
         task = "reasoning" if "reason" in name else "mcqa"
         exs = world.eval_sets(n, seed=12345 + seed)[f"{task}_heldout"][:n]
-        base = rl.answers(model, exs)
-        steered = rl.answers(model, exs, policy, saes)
+        base = rl_eval.answers(model, exs)
+        steered = rl_eval.answers(model, exs, policy, saes)
         ok_b = [score(e, c) for e, c in zip(exs, base)]
         ok_s = [score(e, c) for e, c in zip(exs, steered)]
-        chosen = rl.chosen_features(model, policy, saes, [e.prompt for e in exs], rl.tokens_for(exs))
+        chosen = rl_eval.chosen_features(model, policy, saes, [e.prompt for e in exs], rl.tokens_for(exs))
         for i, steps in enumerate(chosen):
             for st in steps:
                 for f in st["features"]:

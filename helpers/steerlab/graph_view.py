@@ -104,7 +104,7 @@ def _detail_views(G: nx.DiGraph, nodes: Sequence[str]) -> tuple[list[str], str]:
 
 def render_html(G: nx.DiGraph, title: str = "attribution graph", max_details: int = 30) -> str:
     """The whole page as a string (see the module docstring)."""
-    n_layers, tokens = G.graph["n_layers"], G.graph["input_tokens"]
+    tokens = G.graph["input_tokens"]
     lay = layout(G)
     pos, height = lay.pos, lay.height
     width = MARGIN * 2 + len(tokens) * COL_W

@@ -30,7 +30,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from steerlab import evaluate
-from steerlab.rl import final_answer
+from steerlab.rl_eval import final_answer
 from steerlab.spare import hidden_states
 from steerlab.world import WRAPPED_REFUSAL_SCORE, Example, World, score
 
@@ -38,7 +38,7 @@ from steerlab.world import WRAPPED_REFUSAL_SCORE, Example, World, score
 def split_accuracy(examples: Sequence[Example], finals: Mapping[str, Sequence[str]],
                    group: Callable[[Example], str]) -> pd.DataFrame:
     """Accuracy of each method (rows) on each group of ``examples`` (columns, plus ``all``), where ``finals[m]``
-    holds method ``m``'s final answers (``steerlab.rl.final_answer``: the letter, or the number after ``so``)
+    holds method ``m``'s final answers (``steerlab.rl_eval.final_answer``: the letter, or the number after ``so``)
     and ``group(example)`` names the group. A final answer is right when it equals the gold one."""
     groups = [group(e) for e in examples]
     names = sorted(set(groups))

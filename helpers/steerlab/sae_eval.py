@@ -26,7 +26,6 @@ from typing import Sequence
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from jaxtyping import Int
 from torch import Tensor
 

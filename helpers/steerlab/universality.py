@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlab import control, rl
+from steerlab import control, rl_eval
 from steerlab.sae import hook_name_for
 from steerlab.world import Example
 
@@ -42,7 +42,7 @@ def transfer_table(model, saes: Mapping[int, object], policies: Mapping[str, con
     import pandas as pd
 
     layers = sorted(saes) if layers is None else list(layers)
-    base = {t: rl.accuracy_and_answers(exs, rl.answers(model, exs))[0] for t, exs in eval_sets.items()}
+    base = {t: rl_eval.accuracy_and_answers(exs, rl_eval.answers(model, exs))[0] for t, exs in eval_sets.items()}
     rows = []
     for name, policy in policies.items():
         own = policy.cfg.layers
@@ -53,7 +53,7 @@ def transfer_table(model, saes: Mapping[int, object], policies: Mapping[str, con
             except ValueError:
                 continue
             for task, exs in eval_sets.items():
-                acc = rl.accuracy_and_answers(exs, rl.answers(model, exs, pol, {l: saes[l] for l in target}))[0]
+                acc = rl_eval.accuracy_and_answers(exs, rl_eval.answers(model, exs, pol, {l: saes[l] for l in target}))[0]
                 rows.append(dict(policy=name, layers=list(target), trained=target == own, task=task,
                                  base_acc=base[task], steered_acc=acc, gain=acc - base[task]))
     return pd.DataFrame(rows)
@@ -78,7 +78,7 @@ def activation_difference(model, tuned, layer: int, examples: Sequence[Example],
     """``Δ = mean(h_tuned - h_model)`` of ``blocks.{layer}.hook_resid_post`` over the steered positions of the
     same token sequences (prompt + ``completions``, by default the frozen model's greedy completions)."""
     if completions is None:
-        completions = rl.answers(model, examples)
+        completions = rl_eval.answers(model, examples)
     name = hook_name_for(layer)
     diffs = []
     for toks, pos in steered_positions(model, examples, completions):
@@ -96,7 +96,7 @@ def decoder_projection(delta: Float[Tensor, " d_model"], W_dec: Float[Tensor, "d
 
 def crl_feature_counts(chosen: Sequence[Sequence[dict]], layer: int, d_sae: int) -> Counter:
     """How often the greedy policy added each feature at ``layer`` (no-op excluded), from
-    :func:`steerlab.rl.chosen_features`."""
+    :func:`steerlab.rl_eval.chosen_features`."""
     return Counter(f for steps in chosen for st in steps if st["layer"] == layer for f in st["features"] if f < d_sae)
 
 
