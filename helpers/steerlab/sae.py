@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -165,6 +166,25 @@ class _CurveRecorder:
             h.remove()
 
 
+@contextlib.contextmanager
+def _quiet_sae_lens():
+    """Silence what SAELens prints for a run that is configured on purpose, so a notebook shows our log lines:
+    its progress bar and prints, the warnings that the model and dataset are overridden (they are: offline, in
+    memory), that the dataset has fewer rows than training tokens (rows hold several tokens each;
+    :func:`train_tinyworld_saes` sizes them for one pass), and a tensor-copy warning inside its data loader."""
+    sae_log = logging.getLogger("sae_lens")
+    level = sae_log.level
+    sae_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.filterwarnings("ignore", message="The training dataset contains fewer samples")
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+            yield
+    finally:
+        sae_log.setLevel(level)
+
+
 def train_saes(model, rows: Int[Tensor, "batch pos"], cfg: SAETrainConfig, out_dir: str | Path) -> TrainedSAEs:
     """Train one SAE per layer in ``cfg.layers`` with SAELens on the activations of ``rows``.
 
@@ -200,12 +220,13 @@ def train_saes(model, rows: Int[Tensor, "batch pos"], cfg: SAETrainConfig, out_d
             model_from_pretrained_kwargs={},  # the model is handed in, never loaded by SAELens
         )
         torch.manual_seed(cfg.seed + layer)
-        runner = LanguageModelSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
+        with _quiet_sae_lens():
+            runner = LanguageModelSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
         runner.sae.cfg.metadata.model_fingerprint = model_fingerprint(model)
         recorder = _CurveRecorder(runner.sae, cfg.log_every)
         start = time.perf_counter()
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # SAELens prints progress; we log instead
+            with _quiet_sae_lens():
                 runner.run()
         finally:
             recorder.remove()
