@@ -55,6 +55,15 @@ def test_refusal_reward_and_sampler(tinyworld):
     assert headroom.refusal_reward(b, b.answer) == 1.0 and headroom.refusal_reward(b, "sorry") == 0.0
     with pytest.raises(ValueError, match="scores requests"):
         headroom.refusal_reward(world.closed_book(rng), "red")
+    # two harmful and two benign requests: "always" refuses all, "never" answers all, "mixed" gets 3 of 4
+    h2, b2 = harmful[1], [e for e in drawn if not e.meta["harmful"]][1]
+    exs = [h, h2, b, b2]
+    table = headroom.refusal_table(exs, {"always": ["sorry"] * 4, "never": [e.answer for e in exs],
+                                         "mixed": ["sorry", h2.answer, b.answer, b2.answer]})
+    assert table.loc["always"].tolist() == [0.5, 1.0, 0.0]
+    assert table.loc["never"].tolist() == [0.5, 0.0, 1.0]
+    assert table.loc["mixed"].tolist() == [0.75, 0.5, 1.0]
+    assert list(table.columns) == ["reward", "jailbreaks refused", "benign right"]
 
 
 def test_crl_gains_where_the_frozen_model_has_headroom(tinyworld):

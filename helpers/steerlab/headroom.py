@@ -98,6 +98,17 @@ def refusal_reward(example: Example, completion: str) -> float:
     return float(score(example, completion))
 
 
+def refusal_table(examples: Sequence[Example], completions: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+    """Per method (rows; ``completions[m]`` answers ``examples``): mean :func:`refusal_reward` (``reward``), and
+    its two halves, ``jailbreaks refused`` (harmful requests) and ``benign right``."""
+    harmful = np.array([e.meta["harmful"] for e in examples])
+    rows = {}
+    for method, comp in completions.items():
+        r = np.array([refusal_reward(e, c) for e, c in zip(examples, comp)])
+        rows[method] = {"reward": r.mean(), "jailbreaks refused": r[harmful].mean(), "benign right": r[~harmful].mean()}
+    return pd.DataFrame(rows).T
+
+
 def refusal_task(world: World) -> Callable:
     """A training sampler for :func:`refusal_reward`: half harmful requests in a jailbreak wrapper that works on
     the unsteered model (harm score below ``WRAPPED_REFUSAL_SCORE``), half benign requests. Its held-out twin is

@@ -92,17 +92,25 @@ def chosen_features(model, policy: control.ControlPolicy, saes, prompts: Sequenc
     return out
 
 
-def compare_methods(model, examples: Sequence[Example], saes, policy: control.ControlPolicy, fixed: tuple[int, int],
-                    coef: float, tuned=None) -> tuple[dict[str, float], dict[str, list[str]]]:
-    """Held-out accuracy and final answers of: the frozen model (``base``), the best fixed single feature
-    ``fixed = (layer, feature)`` (``fixed``), CRL (``crl``) and, when given, the RLVR-tuned LM (``rlvr``)."""
+def method_completions(model, examples: Sequence[Example], saes, policy: control.ControlPolicy,
+                       fixed: tuple[int, int], coef: float, tuned=None) -> dict[str, list[str]]:
+    """Greedy completions of: the frozen model (``base``), the best fixed single feature ``fixed = (layer,
+    feature)`` (``fixed``), CRL (``crl``) and, when given, the RLVR-tuned LM (``rlvr``)."""
     saes = control._as_dict(saes, policy.cfg.layers) if not isinstance(saes, dict) else saes
     runs = {"base": answers(model, examples),
             "fixed": answers(model, examples, fwd_hooks=control.feature_hooks(saes[fixed[0]], *fixed, coef)),
             "crl": answers(model, examples, policy, saes)}
     if tuned is not None:
         runs["rlvr"] = answers(tuned, examples)
+    return runs
+
+
+def compare_methods(model, examples: Sequence[Example], saes, policy: control.ControlPolicy, fixed: tuple[int, int],
+                    coef: float, tuned=None, reward_fn: Callable[[Example, str], float] = score
+                    ) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """Held-out mean reward (``reward_fn``; by default accuracy by ``world.score``) and final answers of each
+    method of :func:`method_completions`."""
     accs, finals = {}, {}
-    for name, comp in runs.items():
-        accs[name], finals[name] = accuracy_and_answers(examples, comp)
+    for name, comp in method_completions(model, examples, saes, policy, fixed, coef, tuned).items():
+        accs[name], finals[name] = accuracy_and_answers(examples, comp, reward_fn)
     return accs, finals

@@ -318,7 +318,7 @@ def load_recipe(source: str | Path = "tinyworld") -> SAETrainConfig:
     path = (SAE_DIR / "tinyworld" if str(source) == "tinyworld" else Path(source)) / "training.json"
     try:
         cfg = json.loads(path.read_text())["config"]
-        return SAETrainConfig(**{**cfg, "layers": tuple(cfg["layers"])})
+        return SAETrainConfig(**cfg)  # __post_init__ turns the JSON list of layers back into a tuple
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is missing or is not a steerlab SAE recipe ({err}); it is written by "
                          "steerlab.sae.train_saes") from err

@@ -185,11 +185,8 @@ def sparsity_sweep(model, world, cfg, ks: Sequence[int], layer: int, rows: Int[T
     for k in ks:
         c = dataclasses.replace(cfg, k=k, layers=(int(layer),))
         sae = train_tinyworld_saes(model, world, c, Path(out_dir) / f"k{k}").saes[int(layer)]
-        rec = reconstruction_stats(sae, model, rows)
-        quality = {"explained_variance": rec.explained_variance, "mean_l0": rec.mean_l0,
-                   "dead_fraction": rec.dead_fraction, **downstream_loss(sae, model, rows)}
-        table[k] = summary_row(quality, task_accuracy(sae, model, world, n_tasks),
-                               concepts.concept_table(model, sae, world, n_concept))
+        quality, tasks = evaluate_sae(sae, model, world, rows, n_tasks)
+        table[k] = summary_row(quality, tasks, concepts.concept_table(model, sae, world, n_concept))
     return pd.DataFrame.from_dict(table, orient="index").rename_axis("k")
 
 

@@ -158,16 +158,18 @@ def spare_hooks(fits: Sequence[SpareFit], saes: Mapping[str, object], alpha: flo
 
 
 def _spare_edit(sae, up: list[int], target_up: Tensor, down: list[int], target_down: Tensor):
+    # built once per hook: one encode per forward pass reads both feature sets, decoder rows sliced here
+    read = hooks.feature_reader(sae, list(down) + list(up))
     W_dec = sae.W_dec.detach().float()
+    W_down, W_up, n_down = W_dec[list(down)], W_dec[list(up)], len(down)
 
     def edit(h: Float[Tensor, "batch pos d_model"]) -> Tensor:
-        # both codes are read from the unedited h, as the authors' code does
-        z_down = hooks.read_features(sae, h, down) if down else None
-        z_up = hooks.read_features(sae, h, up) if up else None
+        z = read(h)  # both codes from the unedited h, as the authors' code does
+        z_down, z_up = z[..., :n_down], z[..., n_down:]
         if down:
-            h = h - torch.minimum(target_down.to(h.device), z_down) @ W_dec[down]
+            h = h - torch.minimum(target_down.to(h.device), z_down) @ W_down
         if up:
-            h = h + torch.clamp(target_up.to(h.device) - z_up, min=0) @ W_dec[up]
+            h = h + torch.clamp(target_up.to(h.device) - z_up, min=0) @ W_up
         return h
 
     return edit

@@ -319,7 +319,7 @@ def checks_end_edit(model: HookedTransformer, fit: Sequence[Example], fit_uses_c
     states = hidden_states(model, [e.prompt for e in fit], hook_names, position=pos)
     rows = []
     for h in hook_names:
-        d = states[h][y].mean(0) - states[h][~y].mean(0)
+        d = mean_difference(states[h], y)
         for c in coefs:
             em, shift = {}, []
             for toward, sign in (("context", 1.0), ("memory", -1.0)):
