@@ -125,19 +125,34 @@ def test_eval_rejects_misfit_sae(tw, rows):
         E.reconstruction_stats(sae, model, rows)
 
 
-def test_sparsity_sweep_trades_reconstruction_for_sparsity(tw, rows, tmp_path):
-    """Two retrainings of one recipe that differ only in k: the denser code reconstructs clearly better, each row
-    is measured (L0 at most its k) and written to its own folder; an impossible k is refused before training."""
+def test_recipe_sweep_trades_reconstruction_for_sparsity(tw, rows, tmp_path):
+    """Variants of one recipe that differ only in k: the denser code reconstructs clearly better, each row is
+    measured (L0 at most its k), carries the ``interpret`` columns and is written to its own folder; an
+    impossible variant is refused before any training."""
     model, world = tw
     cfg = S.SAETrainConfig(d_sae=64, training_tokens=24576, batch_tokens=512, n_batches_in_buffer=64, lr=5e-3)
-    table = E.sparsity_sweep(model, world, cfg, [1, 32], layer=1, rows=rows, out_dir=tmp_path, n_tasks=8,
-                             n_concept=10)
-    assert list(table.index) == [1, 32]
-    for k in (1, 32):  # top-k keeps k latents; one whose pre-activation is not positive does not fire
-        assert 0.75 * k <= table.loc[k, "mean_l0"] <= k
-    assert table.loc[32, "explained_variance"] > table.loc[1, "explained_variance"] + 0.1
+    widths = []
+    table = E.recipe_sweep(model, world, cfg, ["k=1", {"k": 32}], layer=1, rows=rows, out_dir=tmp_path, n_tasks=8,
+                           n_concept=10, interpret=lambda sae: widths.append(sae.cfg.d_sae) or {"width": sae.cfg.d_sae})
+    assert list(table.index) == ["k1", "k32"] and widths == [64, 64] and list(table["width"]) == [64, 64]
+    for label, k in (("k1", 1), ("k32", 32)):  # top-k keeps k latents; one whose pre-activation is not positive does not fire
+        assert 0.75 * k <= table.loc[label, "mean_l0"] <= k
+    assert table.loc["k32", "explained_variance"] > table.loc["k1", "explained_variance"] + 0.1
     assert set(table["worst_task"]) <= set(E.TASK_SETS) and (table["drop_se"] >= 0).all()
     assert 0 <= table["concepts_detected_fraction"].min() <= table["concepts_detected_fraction"].max() <= 1
     assert (tmp_path / "k1" / S.hook_name_for(1) / "cfg.json").exists()
-    with pytest.raises(ValueError, match="d_sae"):
-        E.sparsity_sweep(model, world, cfg, [65], layer=1, rows=rows, out_dir=tmp_path)
+    for bad in (["k=8", "k=65"], ["k=8", "width=2"]):  # the bad second variant stops the sweep before the first trains
+        with pytest.raises(ValueError, match="d_sae|fields"):
+            E.recipe_sweep(model, world, cfg, bad, layer=1, rows=rows, out_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_recipe_change_parses_and_names_variants():
+    cfg = S.SAETrainConfig()
+    assert E.recipe_change("d_sae=1024, seed=1", cfg) == {"d_sae": 1024, "seed": 1}
+    assert E.recipe_change({"lr": "3e-4", "architecture": "batchtopk"}, cfg) == {"lr": 3e-4, "architecture": "batchtopk"}
+    assert E.variant_label(E.recipe_change("d_sae=1024,seed=1", cfg)) == "d_sae1024_seed1"
+    for bad, match in (("dsae=3", "is not one"), ("k", "has no value"), ("k=1.5", "must be of type int"),
+                       ("layers=1", "is not one"), ("", "changes nothing")):
+        with pytest.raises(ValueError, match=match):
+            E.recipe_change(bad, cfg)

@@ -7,6 +7,7 @@ them (as :mod:`steerlab.sae_eval` does for :mod:`steerlab.sae`):
   :func:`topic_features` is a stricter, discourse-level view computed here.
 * :func:`precision_at_k`, :func:`function_word_share`, :func:`score_methods`: explanations against the world;
   :func:`corpus` is the max-activation baseline's corpus.
+* :func:`topic_precision`: the MI-against-max-activation precision of one SAE in one call, to compare SAEs.
 * :func:`label_features` labels every feature from its explanation words alone, given concept lexicons
   (:func:`default_lexicons`); :func:`features_with_label` picks a feature set S for steering;
   :func:`labels_for` does explain + label in one call; :func:`write_labels` / :func:`read_labels` store the table.
@@ -25,7 +26,8 @@ import torch
 from scipy.stats import rankdata
 from torch import Tensor
 
-from steerlab.explain import ExplainConfig, Explanations, explain, feature_activations
+from steerlab import concepts
+from steerlab.explain import ExplainConfig, Explanations, explain, feature_activations, max_activating
 from steerlab.world import FUNCTION_WORDS, HARMFUL, TOPICS
 
 
@@ -192,3 +194,20 @@ def score_methods(expls: dict[str, Explanations], feature_concept: dict[int, str
                          "function_word_share": function_word_share(ex, list(feature_concept), function_words, k)}
         per[name] = prec.groupby("concept")["precision"].mean()
     return pd.DataFrame(summary).T, pd.DataFrame(per)
+
+
+def topic_precision(model, sae, world, n_truth: int = 200, n_corpus: tuple[int, int] = (400, 1600),
+                    min_auroc: float = 0.95, cfg: ExplainConfig = ExplainConfig(), seed: int = 0) -> dict:
+    """Notebook 02's headline, for one SAE in one call: precision@``cfg.top_n`` of MI explanations and of the
+    max-activation baseline on the SAE's topic features (ground truth from its own sparse code, as notebook 02
+    scores by default), and how many topic features there are. ``n_corpus`` = (topic, mixture) texts of the
+    max-activation corpus. Used to compare SAEs of different recipes (``steerlab.sae_eval.recipe_sweep``)."""
+    truth = topic_truth(concepts.feature_concepts(model, sae, world, n=n_truth, pre_topk=False), min_auroc)
+    topic_of = dict(zip(truth.feature[truth.is_topic], truth.concept[truth.is_topic]))
+    methods = {"mi": explain(model, sae, words=world.lexicon(), cfg=cfg, progress=False),
+               "maxact": max_activating(model, sae, corpus(world, *n_corpus, seed=seed), top_n=cfg.top_n,
+                                        progress=False)}
+    summary, _ = score_methods(methods, topic_of, default_lexicons(world), FUNCTION_WORDS, k=cfg.top_n)
+    col = f"precision_at_{cfg.top_n}"
+    return {f"mi_{col}": float(summary.loc["mi", col]), f"maxact_{col}": float(summary.loc["maxact", col]),
+            "n_topic_features": len(topic_of)}

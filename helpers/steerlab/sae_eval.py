@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -170,24 +170,56 @@ def evaluate_sae(sae, model, world, rows: Int[Tensor, "batch pos"], n_tasks: int
     return metrics, tasks
 
 
-def sparsity_sweep(model, world, cfg, ks: Sequence[int], layer: int, rows: Int[Tensor, "batch pos"], out_dir,
-                   n_tasks: int = 200, n_concept: int = 200) -> pd.DataFrame:
-    """Retrain the SAE of ``layer`` with the recipe ``cfg`` (a :class:`steerlab.sae.SAETrainConfig`) at each
-    sparsity ``k`` and measure each the same way: explained variance, CE loss recovered, dead fraction, L0, the
-    largest task-accuracy drop (with its standard error and family) and the share of concepts detected.
+def recipe_change(spec: str | Mapping, cfg) -> dict:
+    """Parse one recipe variant, ``"k=16"`` or ``"d_sae=1024,seed=1"`` (or a mapping), into field overrides of
+    the :class:`steerlab.sae.SAETrainConfig` ``cfg``, each value cast to the field's type. An unknown field, a
+    malformed item or a value of the wrong type raises a ``ValueError`` that names the fields."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    items = spec.items() if isinstance(spec, Mapping) else (
+        part.split("=", 1) if "=" in part else (part, None) for part in str(spec).split(",") if part.strip())
+    out = {}
+    for name, value in items:
+        name = str(name).strip()
+        if name not in fields or name == "layers" or value is None:
+            raise ValueError(f"recipe variant {spec!r}: write field=value[,field=value] with fields from "
+                             f"{sorted(set(fields) - {'layers'})}; {name!r} is not one or has no value")
+        kind = type(getattr(cfg, name))
+        try:
+            out[name] = kind(str(value).strip()) if kind is not bool else str(value).strip() in ("1", "true", "True")
+        except ValueError as err:
+            raise ValueError(f"recipe variant {spec!r}: {name} must be of type {kind.__name__} (got {value!r})") from err
+    if not out:
+        raise ValueError(f"recipe variant {spec!r} changes nothing: write field=value, e.g. 'k=16'")
+    return out
 
-    The sparsity-fidelity frontier (Gao et al. 2024): a larger ``k`` reconstructs better, and the question is
-    what it costs in interpretability. One row per ``k``; SAEs are written under ``out_dir/k{k}``."""
-    ks = [int(k) for k in ks]
-    if any(k <= 0 or k > cfg.d_sae for k in ks):
-        raise ValueError(f"sparsity_sweep: every k must be in 1..d_sae={cfg.d_sae} (got {ks})")
+
+def variant_label(change: Mapping) -> str:
+    """``{"d_sae": 1024, "seed": 1}`` -> ``"d_sae1024_seed1"``: a row label, metric-key part and folder name."""
+    return "_".join(f"{k}{v}" for k, v in change.items())
+
+
+def recipe_sweep(model, world, cfg, variants: Sequence, layer: int, rows: Int[Tensor, "batch pos"], out_dir,
+                 n_tasks: int = 200, n_concept: int = 200, interpret=None) -> pd.DataFrame:
+    """Retrain the SAE of ``layer`` with the recipe ``cfg`` (a :class:`steerlab.sae.SAETrainConfig`) changed by
+    each of ``variants`` (see :func:`recipe_change`: ``"k=16"``, ``"d_sae=1024"``, ``"seed=1"``) and measure
+    each the same way as the SAE it varies: one :func:`summary_row` per variant, indexed by
+    :func:`variant_label`, the SAE written under ``out_dir/<label>``.
+
+    The sparsity-fidelity frontier (Gao et al. 2024) in ``k``, the width trade-off in ``d_sae``, and, with a
+    new ``seed``, how far two SAEs of the same recipe differ: the yardstick for any other difference in the
+    table. ``interpret(sae) -> dict`` adds columns (notebook 01 passes
+    ``steerlab.explain_eval.topic_precision``). Every variant is checked before any training starts."""
+    changes = [recipe_change(v, cfg) for v in variants]
+    configs = [dataclasses.replace(cfg, layers=(int(layer),), **c) for c in changes]  # validates each
     table = {}
-    for k in ks:
-        c = dataclasses.replace(cfg, k=k, layers=(int(layer),))
-        sae = train_tinyworld_saes(model, world, c, Path(out_dir) / f"k{k}").saes[int(layer)]
+    for change, c in zip(changes, configs):
+        label = variant_label(change)
+        sae = train_tinyworld_saes(model, world, c, Path(out_dir) / label).saes[int(layer)]
         quality, tasks = evaluate_sae(sae, model, world, rows, n_tasks)
-        table[k] = summary_row(quality, tasks, concepts.concept_table(model, sae, world, n_concept))
-    return pd.DataFrame.from_dict(table, orient="index").rename_axis("k")
+        table[label] = summary_row(quality, tasks, concepts.concept_table(model, sae, world, n_concept))
+        if interpret is not None:
+            table[label] |= interpret(sae)
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis("variant")
 
 
 def summary_row(quality, tasks: pd.DataFrame, concept_table: pd.DataFrame) -> dict:
