@@ -76,3 +76,16 @@ def test_tradeoff_draws_each_setting_with_its_strength():
     assert list(lines["amplify"].get_xdata()) == [1.0, 0.98, 0.7] and list(lines["amplify"].get_ydata()) == [0.5, 0.16, 0.06]
     assert list(lines["no steering"].get_xdata()) == [1.0]
     assert [t.get_text() for t in ax.texts] == ["4", "12", "16"]
+
+
+def test_labelled_points_names_each_point_and_shades_the_region():
+    from steerlab import plots
+
+    fig = plots.labelled_points({"used": (0.025, 0.77), "k16": (0.047, 0.93)}, "drop", "mi",
+                                region=((0, 0.02), (0.8, 1.0)), region_label="both")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["used", "k16"]
+    assert [tuple(l.get_xydata()[0]) for l in ax.get_lines()] == [(0.025, 0.77), (0.047, 0.93)]
+    (band,) = ax.collections
+    (x0, y0), (x1, y1) = band.get_paths()[0].get_extents().get_points()
+    assert (x0, y0, x1, y1) == pytest.approx((0, 0.8, 0.02, 1.0)) and band.get_label() == "both"

@@ -66,3 +66,24 @@ def bars(values: Mapping[str, float], targets: Mapping[str, tuple[float, float]]
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def labelled_points(points: Mapping[str, tuple[float, float]], xlabel: str, ylabel: str, title: str = "",
+                    region: tuple[tuple[float, float], tuple[float, float]] | None = None, region_label: str = ""):
+    """A scatter of named points ``name -> (x, y)``, each annotated with its name; ``region`` =
+    ``((x_low, x_high), (y_low, y_high))`` is shaded (e.g. where every target holds)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    if region is not None:
+        (x0, x1), (y0, y1) = region
+        ax.fill_between([x0, x1], y0, y1, color="tab:green", alpha=0.12, label=region_label or None)
+    for name, (x, y) in points.items():
+        ax.plot(x, y, marker="o", ls="", color="tab:blue")
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if region_label:
+        ax.legend(fontsize=8)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
