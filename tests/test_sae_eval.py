@@ -141,8 +141,8 @@ def test_recipe_sweep_trades_reconstruction_for_sparsity(tw, rows, tmp_path):
     assert set(table["worst_task"]) <= set(E.TASK_SETS) and (table["drop_se"] >= 0).all()
     assert 0 <= table["concepts_detected_fraction"].min() <= table["concepts_detected_fraction"].max() <= 1
     assert (tmp_path / "k1" / S.hook_name_for(1) / "cfg.json").exists()
-    for bad in (["k=8", "k=65"], ["k=8", "width=2"]):  # the bad second variant stops the sweep before the first trains
-        with pytest.raises(ValueError, match="d_sae|fields"):
+    for bad in (["k=8", "k=65"], ["k=8", "width=2"], ["k=8", {"k": 8}]):  # a bad second variant stops the sweep
+        with pytest.raises(ValueError, match="d_sae|fields|repeat"):                # before the first one trains
             E.recipe_sweep(model, world, cfg, bad, layer=1, rows=rows, out_dir=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 

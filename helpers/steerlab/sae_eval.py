@@ -183,9 +183,11 @@ def recipe_change(spec: str | Mapping, cfg) -> dict:
         if name not in fields or name == "layers" or value is None:
             raise ValueError(f"recipe variant {spec!r}: write field=value[,field=value] with fields from "
                              f"{sorted(set(fields) - {'layers'})}; {name!r} is not one or has no value")
-        kind = type(getattr(cfg, name))
+        kind, text = type(getattr(cfg, name)), str(value).strip()
         try:
-            out[name] = kind(str(value).strip()) if kind is not bool else str(value).strip() in ("1", "true", "True")
+            if kind is bool and text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            out[name] = text.lower() in ("true", "1") if kind is bool else kind(text)
         except ValueError as err:
             raise ValueError(f"recipe variant {spec!r}: {name} must be of type {kind.__name__} (got {value!r})") from err
     if not out:
@@ -210,10 +212,12 @@ def recipe_sweep(model, world, cfg, variants: Sequence, layer: int, rows: Int[Te
     table. ``interpret(sae) -> dict`` adds columns (notebook 01 passes
     ``steerlab.explain_eval.topic_precision``). Every variant is checked before any training starts."""
     changes = [recipe_change(v, cfg) for v in variants]
+    labels = [variant_label(c) for c in changes]
+    if len(set(labels)) < len(labels):
+        raise ValueError(f"recipe_sweep: variants repeat ({labels}); each must differ to get its own row and folder")
     configs = [dataclasses.replace(cfg, layers=(int(layer),), **c) for c in changes]  # validates each
     table = {}
-    for change, c in zip(changes, configs):
-        label = variant_label(change)
+    for label, c in zip(labels, configs):
         sae = train_tinyworld_saes(model, world, c, Path(out_dir) / label).saes[int(layer)]
         quality, tasks = evaluate_sae(sae, model, world, rows, n_tasks)
         table[label] = summary_row(quality, tasks, concepts.concept_table(model, sae, world, n_concept))
