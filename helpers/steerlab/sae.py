@@ -62,6 +62,8 @@ class SAETrainConfig:
     store_batch_size_prompts: int = 64  # rows per model forward when filling the buffer
     seed: int = 0  # SAE init and data seed
     log_every: int = 5  # training steps between recorded curve points
+    kl_finetune_steps: int = 0  # then fine-tune the decoder on downstream KL for this many steps (steerlab.sae_finetune)
+    kl_finetune_lr: float = 3e-4  # Adam learning rate of that fine-tuning
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -79,6 +81,9 @@ class SAETrainConfig:
             raise ValueError(f"n_batches_in_buffer * context_size ({self.n_batches_in_buffer * self.context_size})"
                              f" must be >= batch_tokens ({self.batch_tokens}): SAELens cannot fill a batch "
                              "otherwise; raise n_batches_in_buffer")
+        if self.kl_finetune_steps < 0 or self.kl_finetune_lr <= 0:
+            raise ValueError(f"SAETrainConfig: kl_finetune_steps must be >= 0 (0 = off) and kl_finetune_lr > 0 "
+                             f"(got {self.kl_finetune_steps}, {self.kl_finetune_lr})")
         if self.training_tokens < self.batch_tokens:
             raise ValueError(f"training_tokens ({self.training_tokens}) < batch_tokens ({self.batch_tokens}): "
                              "no optimiser step would run")
@@ -189,7 +194,9 @@ def train_saes(model, rows: Int[Tensor, "batch pos"], cfg: SAETrainConfig, out_d
     """Train one SAE per layer in ``cfg.layers`` with SAELens on the activations of ``rows``.
 
     Writes ``out_dir/blocks.{L}.hook_resid_post/`` (SAELens format) and ``out_dir/training.json`` (the
-    recipe and curves). Nothing is written outside ``out_dir`` and nothing reaches the network.
+    recipe and curves). Nothing is written outside ``out_dir`` and nothing reaches the network. With
+    ``cfg.kl_finetune_steps > 0`` each SAE's decoder is then fine-tuned on the downstream KL over the same rows
+    (:mod:`steerlab.sae_finetune`; its curve is ``curves[layer]["kl_finetune"]``).
     """
     from datasets import Dataset
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
@@ -230,10 +237,15 @@ def train_saes(model, rows: Int[Tensor, "batch pos"], cfg: SAETrainConfig, out_d
                 runner.run()
         finally:
             recorder.remove()
-        result.seconds[layer] = time.perf_counter() - start
         _patch_metadata(path, model)
-        result.paths[layer] = path
         result.curves[layer] = recorder.curve
+        if cfg.kl_finetune_steps:
+            from steerlab.sae_finetune import finetune_folder
+
+            _, result.curves[layer]["kl_finetune"] = finetune_folder(model, path, rows, steps=cfg.kl_finetune_steps,
+                                                                     lr=cfg.kl_finetune_lr)
+        result.seconds[layer] = time.perf_counter() - start
+        result.paths[layer] = path
         result.saes[layer] = load_sae(path)
         log.info("trained SAE on %s in %.1f s (final FVU %.3f)", hook, result.seconds[layer],
                  recorder.curve["fvu"][-1] if recorder.curve["fvu"] else float("nan"))

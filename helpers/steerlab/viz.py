@@ -171,14 +171,23 @@ def feature_browser(acts, rows, model, sae, features: Sequence[int], labels: dic
 
 
 def training_curves(curves: dict):
-    """FVU (log scale) and L0 against training step, one line per layer; ``curves[layer] = {step, fvu, l0}``."""
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3))
+    """FVU (log scale) and L0 against training step, one line per layer; ``curves[layer] = {step, fvu, l0}``.
+    Where a layer has ``kl_finetune`` (``{step, kl}``, from ``steerlab.sae_finetune``), a third panel shows
+    the downstream KL during the decoder fine-tuning."""
+    tuned = {layer: c["kl_finetune"] for layer, c in curves.items() if c.get("kl_finetune")}
+    fig, axes = plt.subplots(1, 3 if tuned else 2, figsize=(13 if tuned else 9, 3))
+    a1, a2 = axes[0], axes[1]
     for layer, c in sorted(curves.items(), key=lambda kv: int(kv[0])):
         a1.plot(c["step"], c["fvu"], label=f"layer {layer}")
         a2.plot(c["step"], c["l0"], label=f"layer {layer}")
     a1.set_yscale("log")
     a1.set(xlabel="training step", ylabel="fraction of variance unexplained", title="reconstruction")
     a2.set(xlabel="training step", ylabel="active latents per token", title="L0")
+    for layer, c in sorted(tuned.items(), key=lambda kv: int(kv[0])):
+        axes[2].plot(c["step"], c["kl"], label=f"layer {layer}")
+    if tuned:
+        axes[2].set_yscale("log")
+        axes[2].set(xlabel="fine-tuning step", ylabel="KL(clean || spliced), nats", title="decoder KL fine-tuning")
     a1.legend(fontsize=8)
     fig.tight_layout()
     return fig
