@@ -228,10 +228,11 @@ def recipe_sweep(model, world, cfg, variants: Sequence, layer: int, rows: Int[Te
 
 def summary_row(quality, tasks: pd.DataFrame, concept_table: pd.DataFrame) -> dict:
     """One SAE in one row: reconstruction (``quality``: a mapping with explained_variance, mean_l0,
-    dead_fraction, ce_loss_recovered), its largest task drop with standard error and family (``tasks``, from
+    dead_fraction, ce_loss_recovered, kl_to_clean), its largest task drop with standard error and family (``tasks``, from
     :func:`task_accuracy`) and the share of concepts detected (``concept_table``, from
     ``steerlab.concepts.concept_table``)."""
     worst = tasks["drop"].idxmax()
-    return {**{m: float(quality[m]) for m in ("explained_variance", "mean_l0", "dead_fraction", "ce_loss_recovered")},
+    return {**{m: float(quality[m]) for m in ("explained_variance", "mean_l0", "dead_fraction", "ce_loss_recovered",
+                                              "kl_to_clean")},
             "max_task_acc_drop": float(tasks.loc[worst, "drop"]), "drop_se": float(tasks.loc[worst, "drop_se"]),
             "worst_task": worst, "concepts_detected_fraction": concepts.detected_fraction(concept_table)}
