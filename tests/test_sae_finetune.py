@@ -4,7 +4,6 @@ import shutil
 import pytest
 import torch
 
-from steerlab import models
 from steerlab import sae as S
 from steerlab import sae_eval as E
 from steerlab import sae_finetune as F
@@ -13,20 +12,15 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def tw():
-    return models.load_tinyworld()
-
-
-@pytest.fixture(scope="module")
-def rows(tw):
-    model, world = tw
+def rows(tinyworld):
+    model, world = tinyworld
     return S.token_rows(world, model.tokenizer, 640, 28, seed=21)
 
 
-def test_decoder_kl_finetuning_lowers_kl_and_keeps_the_code(tw, rows, tmp_path):
+def test_decoder_kl_finetuning_lowers_kl_and_keeps_the_code(tinyworld, rows, tmp_path):
     """A weak SAE (a shipped one, its decoder rotated by noise): fine-tuning lowers its held-out KL to the clean
     model clearly, while the encoder side, the decoder norms and the model stay exactly as they were."""
-    model, world = tw
+    model, world = tinyworld
     sae = S.load_sae("tinyworld", layer=1)
     with torch.no_grad():
         norms = sae.W_dec.norm(dim=-1, keepdim=True)
@@ -50,8 +44,8 @@ def test_decoder_kl_finetuning_lowers_kl_and_keeps_the_code(tw, rows, tmp_path):
     assert all(p.requires_grad for p in sae.parameters())  # restored afterwards
 
 
-def test_finetune_folder_writes_back_and_refuses_bad_input(tw, rows, tmp_path):
-    model, _ = tw
+def test_finetune_folder_writes_back_and_refuses_bad_input(tinyworld, rows, tmp_path):
+    model, _ = tinyworld
     folder = tmp_path / "blocks.1.hook_resid_post"
     shutil.copytree(S.SAE_DIR / "tinyworld" / "blocks.1.hook_resid_post", folder)
     old = S.fingerprint(S.load_sae(folder).W_dec)
@@ -67,8 +61,8 @@ def test_finetune_folder_writes_back_and_refuses_bad_input(tw, rows, tmp_path):
         F.finetune_decoder_kl(model, sae, rows, steps=1)
 
 
-def test_recipe_runs_the_finetuning_and_records_it(tw, tmp_path):
-    model, world = tw
+def test_recipe_runs_the_finetuning_and_records_it(tinyworld, tmp_path):
+    model, world = tinyworld
     cfg = S.SAETrainConfig(layers=(1,), d_sae=64, k=8, training_tokens=8192, batch_tokens=512,
                            n_batches_in_buffer=64, lr=5e-3, kl_finetune_steps=4)
     res = S.train_tinyworld_saes(model, world, cfg, tmp_path)

@@ -93,6 +93,11 @@ def _zero_hooks(hook_name: str) -> list:
     return [(hook_name, fn)]
 
 
+def next_token_kl(logp_clean: Tensor, logp: Tensor) -> Tensor:
+    """KL(p_clean || p) per position, from log-probabilities over the vocabulary (last dimension)."""
+    return (logp_clean.exp() * (logp_clean - logp)).sum(-1)
+
+
 @torch.no_grad()
 def downstream_loss(sae, model, rows: Int[Tensor, "batch pos"], batch_size: int = 128) -> dict[str, float]:
     """Clean, spliced and zero-ablated next-token CE, ``ce_loss_recovered`` and ``kl_to_clean``."""
@@ -110,8 +115,7 @@ def downstream_loss(sae, model, rows: Int[Tensor, "batch pos"], batch_size: int 
                 logp[name] = model(tokens)[:, :-1].float().log_softmax(-1)
             nll = -logp[name].gather(-1, tokens[:, 1:, None])[..., 0]
             totals[f"ce_{name}"] += float(nll[mask].sum())
-        kl = (logp["clean"].exp() * (logp["clean"] - logp["spliced"])).sum(-1)
-        totals["kl_to_clean"] += float(kl[mask].sum())
+        totals["kl_to_clean"] += float(next_token_kl(logp["clean"], logp["spliced"])[mask].sum())
         n += int(mask.sum())
     out = {k: v / n for k, v in totals.items()}
     gap = out["ce_zero"] - out["ce_clean"]
@@ -174,7 +178,7 @@ def recipe_change(spec: str | Mapping, cfg) -> dict:
     """Parse one recipe variant, ``"k=16"`` or ``"d_sae=1024,seed=1"`` (or a mapping), into field overrides of
     the :class:`steerlab.sae.SAETrainConfig` ``cfg``, each value cast to the field's type. An unknown field, a
     malformed item or a value of the wrong type raises a ``ValueError`` that names the fields."""
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    fields = {f.name for f in dataclasses.fields(cfg)}
     items = spec.items() if isinstance(spec, Mapping) else (
         part.split("=", 1) if "=" in part else (part, None) for part in str(spec).split(",") if part.strip())
     out = {}

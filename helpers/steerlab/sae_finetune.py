@@ -91,6 +91,8 @@ def finetune_decoder_kl(model, sae, rows: Int[Tensor, "batch pos"], steps: int =
 
 def _losses(model, sae, tokens: Int[Tensor, "batch pos"], hook: str, pad: int) -> tuple[Tensor, Tensor]:
     """(mean KL(p_clean || p_spliced) over non-pad targets, FVU of the reconstruction over kept tokens)."""
+    from steerlab.sae_eval import next_token_kl
+
     with torch.no_grad():
         clean, cache = model.run_with_cache(tokens, names_filter=hook)
         logp_clean = clean[:, :-1].float().log_softmax(-1)
@@ -99,7 +101,7 @@ def _losses(model, sae, tokens: Int[Tensor, "batch pos"], hook: str, pad: int) -
     with model.hooks(fwd_hooks=[(hook, lambda act, hook=None: recon)]):
         logp = model(tokens)[:, :-1].float().log_softmax(-1)
     targets = tokens[:, 1:] != pad
-    kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1)[targets].mean()
+    kl = next_token_kl(logp_clean, logp)[targets].mean()
     kept = tokens != pad
     kept[:, 0] = False
     err, centred = (recon - x)[kept], x[kept] - x[kept].mean(0)
