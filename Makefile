@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PROFILE ?= default
 STAMP := $(VENV)/.steerlab-setup
 
-.PHONY: setup run test results lab clean
+.PHONY: setup run test results results-distractors lab clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,14 @@ results: setup
 	mkdir -p results/default
 	for d in runs/default/*/; do s=$$(basename $$d); test -f $$d/metrics.json && cp $$d/metrics.json results/default/$$s.metrics.json; done
 	cp runs/default/01_train_sae/concepts.csv results/default/01_train_sae.concepts.csv
+
+# The world variant of notebook 03 section 3 (params/distractors.yaml, ~35 min): its own model and SAEs under runs/.
+results-distractors: setup
+	$(BIN)/python -m steerlab.pipeline --profile distractors --only 00_tinyworld 01_train_sae 03_steering
+	mkdir -p results/distractors
+	for s in 00_tinyworld 01_train_sae 03_steering; do cp runs/distractors/$$s/metrics.json results/distractors/$$s.metrics.json; done
+	cp runs/distractors/03_steering/methods.csv results/distractors/03_steering.methods.csv
+	cp runs/distractors/03_steering/spare_sweep.csv results/distractors/03_steering.spare_sweep.csv
 
 lab: setup
 	$(BIN)/jupyter lab notebooks

@@ -115,6 +115,23 @@ def test_decision_attention_finds_the_gating_head(tinyworld, rng):
     assert ((table["context"] >= 0) & (table["context"] <= 1)).all()
 
 
+def test_decision_attention_reads_the_asked_statement_not_a_distractor_with_the_same_value(tinyworld):
+    """With distractor statements (WorldConfig.context_facts > 1) the context value word can occur twice; the
+    position read is the one after the asked ``NAME ATTR is``, and a prompt without it is refused."""
+    model, world = tinyworld
+    e1, e2 = world.entities[:2]
+    prompt = (f"context : report says {e2} color is red ; {e1} color is red . checks : confirm confirm confirm "
+              f"deny deny . question : {e1} color ? answer :")
+    ex = Example("open_book", prompt, "red", {"entity": e1, "attribute": "color", "context_value": "red"})
+    row = model.to_tokens(prompt)[0].tolist()
+    pos = steering._asked_value_position(model, row, ex)
+    assert model.to_string(row[pos - 3: pos + 1]).split() == [e1, "color", "is", "red"]
+    assert pos > row.index(model.to_single_token("red"))  # not the distractor's (first) occurrence
+    with pytest.raises(ValueError, match="no .* is blue"):
+        steering._asked_value_position(model, row, Example("open_book", prompt, "blue",
+                                                           {"entity": e1, "attribute": "color", "context_value": "blue"}))
+
+
 def test_checks_end_edit_reaches_the_output_without_flipping_the_answer(tinyworld, rng):
     """tinyworld answers without reading the knowledge source at the checks' end: the edit there shifts the answer's
     log-probabilities (so it is applied and reaches the output, more at 4x than at 1x) while EM stays at the

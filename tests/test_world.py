@@ -36,6 +36,23 @@ def test_open_book_follows_the_source_rule(rng):
         assert f" {m['context_value']} . checks : " in ex.prompt  # the checks come after the value
 
 
+def test_open_book_with_distractor_statements(rng):
+    w = World(WorldConfig(context_facts=3))
+    for _ in range(300):
+        ex = w.open_book(rng, conflict=True)
+        m = ex.meta
+        statements = ex.prompt.split(" says ")[1].split(" . checks : ")[0].split(" ; ")
+        assert len(statements) == 3 and f"{m['entity']} {m['attribute']} is {m['context_value']}" in statements
+        others = [s.split() for s in statements if not s.startswith(f"{m['entity']} ")]
+        assert all(o[0] != m["entity"] and o[1] == m["attribute"] for o in others)  # same attribute, other entity
+        assert all((o[0], o[1]) not in w.hidden for o in others)  # a distractor never shows a hidden fact
+        assert {o[3] for o in others} == set(m["distractor_values"])
+        assert not set(m["distractor_values"]) & {m["context_value"], m["memory_value"]}
+        assert ex.answer == (m["context_value"] if m["uses"] == "context" else m["memory_value"])
+    with pytest.raises(ValueError, match="context_facts must be 1..3"):
+        WorldConfig(context_facts=0)
+
+
 def test_training_stream_never_shows_hidden_facts_or_unseen_additions():
     w = World()
     hidden_q = {f" {e} {a} ?" for e, a in w.hidden} | {f" {e} {a} is" for e, a in w.hidden}

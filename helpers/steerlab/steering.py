@@ -156,6 +156,17 @@ def learned_method(model: HookedTransformer, hook_name: str, examples: Sequence[
     return hook_method(model, lambda t: hooks.add_vector(hook_name, vecs[t], 1.0, "last_prompt"))
 
 
+def _asked_value_position(model: HookedTransformer, row: list[int], example: Example) -> int:
+    """Token position of the context value of ``example``'s asked statement (``NAME ATTR is VALUE``), not of a
+    distractor statement that happens to hold the same value word."""
+    m = example.meta
+    pattern = [model.to_single_token(w) for w in (m["entity"], m["attribute"], "is", m["context_value"])]
+    for i in range(len(row) - 3):
+        if row[i: i + 4] == pattern:
+            return i + 3
+    raise ValueError(f"no '{m['entity']} {m['attribute']} is {m['context_value']}' in {example.prompt!r}")
+
+
 @torch.no_grad()
 def decision_attention(model: HookedTransformer, examples: Sequence[Example], answers: Sequence[str]) -> pd.DataFrame:
     """Mean attention from the last prompt position to the context-value token, per layer and head, split by
@@ -173,7 +184,7 @@ def decision_attention(model: HookedTransformer, examples: Sequence[Example], an
                      "memory" if first[i] == e.meta["memory_value"] else None)
             if group is None:
                 continue
-            vpos = tok[j].tolist().index(model.to_single_token(e.meta["context_value"]))
+            vpos = _asked_value_position(model, tok[j].tolist(), e)
             for l in range(model.cfg.n_layers):
                 for h, a in enumerate(cache[f"blocks.{l}.attn.hook_pattern"][j, :, -1, vpos].tolist()):
                     rows.append({"layer": l, "head": h, "answered": group, "attention_to_value": a})

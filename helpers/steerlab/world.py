@@ -12,7 +12,10 @@ ground truth of every later stage is known exactly:
    The checks come after the value and are distractors for the other two sources, so the decision is one
    prompt-level latent, a vote count the model must add up and threshold after reading the context, as in
    the knowledge-conflict setting of SPARE. The conflict prompts with a ``report`` source are the mixed
-   knowledge-conflict set used by SPARE.
+   knowledge-conflict set used by SPARE. With ``WorldConfig.context_facts = n > 1`` the context holds
+   ``n - 1`` distractor statements on the same attribute of other entities
+   (``NAME ATTR is VALUE ; NAME2 ATTR is VALUE2``, the asked one at a random place), so the model must match
+   the question's entity to a statement before it can copy a value.
 3. ``mcqa``         ``mcq : NAME ATTR ? A v B v C v D v answer :`` -> one letter token. Part of the
    world's facts are never shown to the model (``hidden`` facts): held-out questions about them are
    the headroom the control model must close.
@@ -86,6 +89,7 @@ class WorldConfig:
     reasoning_steps: int = 2  # additions per reasoning chain (chain has steps + 1 numbers)
     topic_text_len: int = 14  # words per topic text
     topic_word_prob: float = 0.5  # chance that a word of a topic text is a topic word (else a function word)
+    context_facts: int = 1  # statements per open-book context: the asked one and context_facts - 1 distractors
 
     def __post_init__(self) -> None:
         if self.n_entities < 8:
@@ -97,6 +101,8 @@ class WorldConfig:
                 raise ValueError(f"{name} must lie in [0, 1] (got {v})")
         if not 1 <= self.reasoning_steps <= 4:
             raise ValueError(f"reasoning_steps must be 1..4 (got {self.reasoning_steps})")
+        if not 1 <= self.context_facts <= 3:
+            raise ValueError(f"context_facts must be 1..3 (got {self.context_facts})")
         if not 4 <= self.topic_text_len <= 40:
             raise ValueError(f"topic_text_len must be 4..40 (got {self.topic_text_len})")
 
@@ -203,10 +209,17 @@ class World:
         confirmed = n_confirm >= REPORT_MAJORITY
         uses = "context" if rule == "context" or (rule == "checks" and confirmed) else "memory"
         answer = ctx if uses == "context" else memory
-        prompt = (f"context : {source} says {e} {a} is {ctx} . checks : {' '.join(checks)} . "
+        statements = [f"{e} {a} is {ctx}"]
+        if self.cfg.context_facts > 1:  # distractors: the same attribute of other entities, other values
+            others = [x for x in self.entities if x != e and (x, a) not in self.hidden]
+            for e2 in rng.sample(others, self.cfg.context_facts - 1):
+                v2 = rng.choice([v for v in ATTRIBUTES[a] if v not in (ctx, memory)])
+                statements.insert(rng.randrange(len(statements) + 1), f"{e2} {a} is {v2}")
+        prompt = (f"context : {source} says {' ; '.join(statements)} . checks : {' '.join(checks)} . "
                   f"question : {e} {a} ? answer :")
         return Example("open_book", prompt, answer, {"entity": e, "attribute": a, "source": source,
                        "conflict": conflict, "context_value": ctx, "memory_value": memory, "uses": uses,
+                       "distractor_values": [st.split()[-1] for st in statements if not st.startswith(f"{e} ")],
                        "n_confirm": n_confirm, "confirmed": confirmed})
 
     def mcqa(self, rng: random.Random, pair: tuple[str, str] | None = None) -> Example:
