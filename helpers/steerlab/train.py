@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from steerlab.models import ModelConfig, build_model, save_checkpoint
+from steerlab.runs import deterministic
 from steerlab.tokenizer import build_tokenizer
 from steerlab.world import World, WorldConfig
 
@@ -78,8 +79,17 @@ def train_lm(model: HookedTransformer, batches: Iterable[Tensor], cfg: TrainConf
              callbacks: Iterable[Callable[[int, float], None]] = ()) -> TrainResult:
     """Train ``model`` on ``batches`` with AdamW and a warmup + cosine schedule.
 
-    Each callback is called as ``cb(step, loss)`` after every logged interval. Shows a tqdm bar.
+    Each callback is called as ``cb(step, loss)`` after every logged interval. Shows a tqdm bar. Runs under
+    :func:`steerlab.runs.deterministic`: with several CPU threads the embedding gradient otherwise accumulates in
+    a varying order, and two runs of one seed drift apart from the first steps (in the 8th digit of the loss,
+    and by the end to models that behave differently).
     """
+    with deterministic():
+        return _train_lm(model, batches, cfg, callbacks)
+
+
+def _train_lm(model: HookedTransformer, batches: Iterable[Tensor], cfg: TrainConfig,
+              callbacks: Iterable[Callable[[int, float], None]]) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
