@@ -31,7 +31,7 @@ results: setup
 	for d in runs/default/*/; do s=$$(basename $$d); test -f $$d/metrics.json && cp $$d/metrics.json results/default/$$s.metrics.json; done
 	cp runs/default/01_train_sae/concepts.csv results/default/01_train_sae.concepts.csv
 
-# The world variant of notebook 03 section 3 (params/distractors.yaml, ~35 min): its own model and SAEs under runs/.
+# The world variant of notebook 03 section 3 (params/distractors.yaml, ~30 min): its own model and SAEs under runs/.
 results-distractors: setup
 	$(BIN)/python -m steerlab.pipeline --profile distractors --only 00_tinyworld 01_train_sae 03_steering
 	mkdir -p results/distractors
