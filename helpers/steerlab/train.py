@@ -75,6 +75,7 @@ def lm_loss(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], pad_id: 
                                              ignore_index=pad_id)
 
 
+@deterministic()
 def train_lm(model: HookedTransformer, batches: Iterable[Tensor], cfg: TrainConfig,
              callbacks: Iterable[Callable[[int, float], None]] = ()) -> TrainResult:
     """Train ``model`` on ``batches`` with AdamW and a warmup + cosine schedule.
@@ -84,12 +85,6 @@ def train_lm(model: HookedTransformer, batches: Iterable[Tensor], cfg: TrainConf
     a varying order, and two runs of one seed drift apart from the first steps (in the 8th digit of the loss,
     and by the end to models that behave differently).
     """
-    with deterministic():
-        return _train_lm(model, batches, cfg, callbacks)
-
-
-def _train_lm(model: HookedTransformer, batches: Iterable[Tensor], cfg: TrainConfig,
-              callbacks: Iterable[Callable[[int, float], None]]) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

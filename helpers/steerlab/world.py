@@ -209,17 +209,17 @@ class World:
         confirmed = n_confirm >= REPORT_MAJORITY
         uses = "context" if rule == "context" or (rule == "checks" and confirmed) else "memory"
         answer = ctx if uses == "context" else memory
-        statements = [f"{e} {a} is {ctx}"]
+        statements, distractor_values = [f"{e} {a} is {ctx}"], []
         if self.cfg.context_facts > 1:  # distractors: the same attribute of other entities, other values
             others = [x for x in self.entities if x != e and (x, a) not in self.hidden]
             for e2 in rng.sample(others, self.cfg.context_facts - 1):
-                v2 = rng.choice([v for v in ATTRIBUTES[a] if v not in (ctx, memory)])
-                statements.insert(rng.randrange(len(statements) + 1), f"{e2} {a} is {v2}")
+                distractor_values.append(rng.choice([v for v in ATTRIBUTES[a] if v not in (ctx, memory)]))
+                statements.insert(rng.randrange(len(statements) + 1), f"{e2} {a} is {distractor_values[-1]}")
         prompt = (f"context : {source} says {' ; '.join(statements)} . checks : {' '.join(checks)} . "
                   f"question : {e} {a} ? answer :")
         return Example("open_book", prompt, answer, {"entity": e, "attribute": a, "source": source,
                        "conflict": conflict, "context_value": ctx, "memory_value": memory, "uses": uses,
-                       "distractor_values": [st.split()[-1] for st in statements if not st.startswith(f"{e} ")],
+                       "distractor_values": distractor_values,
                        "n_confirm": n_confirm, "confirmed": confirmed})
 
     def mcqa(self, rng: random.Random, pair: tuple[str, str] | None = None) -> Example:
