@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from steerlab import headroom
+from steerlab.sae import load_sae
 from steerlab.world import ATTRIBUTES, Example
 
 torch.set_num_threads(1)
@@ -38,6 +39,10 @@ def test_answer_probe_reads_a_recalled_fact_and_not_a_random_label(tinyworld):
     noise = [Example(e.task, e.prompt, rng.choice(ATTRIBUTES["color"]), e.meta) for e in real]
     t = headroom.answer_probe(model, noise, ["blocks.3.hook_resid_post"])
     assert t.loc["blocks.3.hook_resid_post", "probe_acc"] < 0.3 and t["model_acc"].iloc[0] < 0.3
+    # the same noise prompts, probed for their real answer through ``target``, read as well as the real set
+    truth = {e.prompt: e.answer for e in real}
+    t = headroom.answer_probe(model, noise, ["blocks.3.hook_resid_post"], target=lambda e: truth[e.prompt])
+    assert t.loc["blocks.3.hook_resid_post", "probe_acc"] > 0.9 and t["model_acc"].iloc[0] < 0.3
     with pytest.raises(ValueError, match="reasoning"):
         headroom.answer_probe(model, [world.reasoning(rng)], ["blocks.3.hook_resid_post"])
 
@@ -84,3 +89,17 @@ def test_crl_gains_where_the_frozen_model_has_headroom(tinyworld):
     base = rl_eval.accuracy_and_answers(held_out, rl_eval.answers(model, held_out), headroom.refusal_reward)[0]
     crl = rl_eval.accuracy_and_answers(held_out, rl_eval.answers(model, held_out, policy, saes), headroom.refusal_reward)[0]
     assert base < 0.55 and crl > base + 0.15
+
+
+def test_word_feature_steering_makes_the_model_say_the_word(tinyworld):
+    """Closed-book colour questions, steered toward another colour's feature: nothing changes at c = 0, and at a
+    large coefficient the model says the added word instead of its memory."""
+    model, world = tinyworld
+    sae = load_sae("tinyworld", layer=2, model=model)
+    rng = random.Random(3)
+    facts = [p for p in world.known_facts() if p[1] == "color"]
+    real = [world.closed_book(rng, rng.choice(facts)) for _ in range(40)]
+    other = lambda e: next(v for v in ATTRIBUTES["color"] if v != e.answer)
+    t = headroom.word_feature_steering(model, sae, "blocks.2.hook_resid_post", real, other, [0, 240])
+    assert t.loc[0.0, "accuracy"] > 0.95 and t.loc[0.0, "says_word"] == 0
+    assert t.loc[240.0, "says_word"] > 0.9 and t.loc[240.0, "accuracy"] < 0.1

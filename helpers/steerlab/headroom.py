@@ -13,7 +13,9 @@ SAE feature there. Two measurements bound what it can do on a held-out set:
   right answer in a linearly readable form, and a policy (an MLP on that state) has nothing to pick a
   prompt-specific answer *from*: what it could still gain must come from an edit that improves the model's own
   later computation, which a fixed feature would also find. It is a diagnostic, not a proof: the MLP is not
-  linear, and an edit at an early layer changes what later layers read elsewhere in the prompt.
+  linear, and an edit at an early layer changes what later layers read elsewhere in the prompt. With
+  ``target`` it probes another label: for multiple choice, the gold *value* tells a model that has recalled the
+  fact but cannot find its letter among the options from one that has not recalled it.
 
 A task that does have headroom for a frozen-model controller is :func:`refusal_task`: jailbroken harmful
 requests, which the model answers although its residual still carries the harm (the refusal features fire
@@ -55,11 +57,16 @@ def split_accuracy(examples: Sequence[Example], finals: Mapping[str, Sequence[st
 
 
 def answer_probe(model: HookedTransformer, examples: Sequence[Example], hook_names: Sequence[str],
-                 train_frac: float = 0.7, c: float = 1.0, seed: int = 0) -> pd.DataFrame:
+                 train_frac: float = 0.7, c: float = 1.0, seed: int = 0,
+                 target: Callable[[Example], str] | None = None) -> pd.DataFrame:
     """Per hook: held-out accuracy of a logistic-regression probe from the last-position residual to the gold
     answer's first word, beside the model's own greedy accuracy on the same held-out prompts (single-token
-    tasks). Columns probe_acc, model_acc, majority_acc (always the most frequent training answer), n_train,
-    n_test."""
+    tasks). Columns probe_acc, model_acc, majority_acc (always the most frequent training label), n_train,
+    n_test.
+
+    ``target(example)`` probes for another label of each prompt instead of its answer: for multiple choice,
+    ``lambda e: e.meta["gold_value"]`` asks whether the state holds the recalled *value* rather than its letter.
+    The split and ``model_acc`` (the model's accuracy on the task itself) are the same either way."""
     from sklearn.linear_model import LogisticRegression
 
     if not 0 < train_frac < 1:
@@ -71,7 +78,7 @@ def answer_probe(model: HookedTransformer, examples: Sequence[Example], hook_nam
     train, test = order[:n_train], order[n_train:]
     if len(test) == 0:
         raise ValueError(f"no held-out prompts: {len(examples)} examples at train_frac={train_frac}")
-    y = np.array([e.answer.split()[0] for e in examples])
+    y = np.array([(target or (lambda e: e.answer.split()[0]))(e) for e in examples])
     answers = evaluate.answer(model, [examples[i] for i in test])
     model_acc = float(np.mean([score(examples[i], a) for i, a in zip(test, answers)]))
     labels, counts = np.unique(y[train], return_counts=True)
@@ -86,6 +93,39 @@ def answer_probe(model: HookedTransformer, examples: Sequence[Example], hook_nam
         rows[h] = {"probe_acc": float(clf.score((X[test] - mu) / sd, y[test])), "model_acc": model_acc,
                    "majority_acc": majority, "n_train": len(train), "n_test": len(test)}
     return pd.DataFrame(rows).T
+
+
+def word_feature(sae, model: HookedTransformer, word: str) -> int:
+    """The SAE feature whose decoder row, added to the residual, raises ``word``'s logit most through the
+    unembedding (``argmax_f W_dec[f] @ W_U[:, word]``; the final normalisation is left out, as in the logit
+    lens)."""
+    return int((sae.W_dec.detach().float() @ model.W_U.detach().float()[:, model.to_single_token(word)]).argmax())
+
+
+def word_feature_steering(model: HookedTransformer, sae, hook_name: str, examples: Sequence[Example],
+                          word_of: Callable[[Example], str], coefs: Sequence[float]) -> pd.DataFrame:
+    """Add, at the last prompt position of ``hook_name``, ``c * W_dec[f]`` where ``f`` is the
+    :func:`word_feature` of ``word_of(example)`` (one feature per prompt, as an oracle policy that knew the word
+    would pick), for each ``c`` in ``coefs``. Rows per ``c``: ``accuracy`` (``world.score`` of the first answer
+    word) and ``says_word`` (share of prompts whose first answer word *is* that word)."""
+    from steerlab import hooks
+
+    words = [word_of(e) for e in examples]
+    groups: dict[str, list[int]] = {}
+    for i, w in enumerate(words):
+        groups.setdefault(w, []).append(i)
+    rows = []
+    for c in coefs:
+        answers = [""] * len(examples)
+        for w, idx in groups.items():
+            vec = sae.W_dec.detach()[word_feature(sae, model, w)]
+            out = evaluate.next_words(model, [examples[i].prompt for i in idx],
+                                      fwd_hooks=hooks.add_vector(hook_name, vec, c, "last_prompt"))
+            for i, a in zip(idx, out):
+                answers[i] = a
+        rows.append({"coef": float(c), "accuracy": float(np.mean([score(e, a) for e, a in zip(examples, answers)])),
+                     "says_word": float(np.mean([a == w for a, w in zip(answers, words)]))})
+    return pd.DataFrame(rows).set_index("coef")
 
 
 def refusal_reward(example: Example, completion: str) -> float:
