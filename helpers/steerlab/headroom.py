@@ -17,6 +17,9 @@ SAE feature there. Two measurements bound what it can do on a held-out set:
   ``target`` it probes another label: for multiple choice, the gold *value* tells a model that has recalled the
   fact but cannot find its letter among the options from one that has not recalled it.
 
+:func:`word_feature_steering` asks the converse: a policy that *knew* the answer word and added its feature
+(:func:`word_feature`) at the last prompt position, how far would that take the model?
+
 A task that does have headroom for a frozen-model controller is :func:`refusal_task`: jailbroken harmful
 requests, which the model answers although its residual still carries the harm (the refusal features fire
 weakly, see notebook 03's defence), mixed with benign requests that must still be answered.
@@ -31,7 +34,7 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from steerlab import evaluate
+from steerlab import evaluate, hooks
 from steerlab.rl_eval import final_answer
 from steerlab.spare import hidden_states
 from steerlab.world import WRAPPED_REFUSAL_SCORE, Example, World, score
@@ -108,8 +111,6 @@ def word_feature_steering(model: HookedTransformer, sae, hook_name: str, example
     :func:`word_feature` of ``word_of(example)`` (one feature per prompt, as an oracle policy that knew the word
     would pick), for each ``c`` in ``coefs``. Rows per ``c``: ``accuracy`` (``world.score`` of the first answer
     word) and ``says_word`` (share of prompts whose first answer word *is* that word)."""
-    from steerlab import hooks
-
     words = [word_of(e) for e in examples]
     groups: dict[str, list[int]] = {}
     for i, w in enumerate(words):
