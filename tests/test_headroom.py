@@ -47,6 +47,25 @@ def test_answer_probe_reads_a_recalled_fact_and_not_a_random_label(tinyworld):
         headroom.answer_probe(model, [world.reasoning(rng)], ["blocks.3.hook_resid_post"])
 
 
+def test_answer_probe_split_by_group_keeps_each_group_on_one_side(tinyworld):
+    """A label that is a function of the entity alone (a made-up table) is learnt from the entity's identity when
+    prompts are split at random, and cannot be when whole entities are held out."""
+    model, world = tinyworld
+    rng = random.Random(5)
+    names = sorted(world.entities)
+    table = {n: random.Random(n).choice(["x", "y", "z", "w"]) for n in names}
+    real = [world.closed_book(rng, (rng.choice(names), "color")) for _ in range(400)]
+    made_up = lambda e: table[e.meta["entity"]]
+    hook = ["blocks.1.hook_resid_post"]
+    by_prompt = headroom.answer_probe(model, real, hook, target=made_up)
+    by_entity = headroom.answer_probe(model, real, hook, target=made_up, group=lambda e: e.meta["entity"])
+    assert by_prompt["probe_acc"].iloc[0] > 0.8
+    assert by_entity["probe_acc"].iloc[0] < 0.45
+    assert 0.2 < by_entity["n_test"].iloc[0] / len(real) < 0.4
+    with pytest.raises(ValueError, match="too few groups"):
+        headroom.answer_probe(model, real, hook, group=lambda e: "one")
+
+
 def test_refusal_reward_and_sampler(tinyworld):
     _, world = tinyworld
     rng = random.Random(0)

@@ -15,7 +15,8 @@ SAE feature there. Two measurements bound what it can do on a held-out set:
   later computation, which a fixed feature would also find. It is a diagnostic, not a proof: the MLP is not
   linear, and an edit at an early layer changes what later layers read elsewhere in the prompt. With
   ``target`` it probes another label: for multiple choice, the gold *value* tells a model that has recalled the
-  fact but cannot find its letter among the options from one that has not recalled it.
+  fact but cannot find its letter among the options from one that has not recalled it (split by entity, with
+  ``group``, or the probe can learn the fact table from the entity's identity).
 
 :func:`word_feature_steering` asks the converse: a policy that *knew* the answer word and added its feature
 (:func:`word_feature`) at the last prompt position, how far would that take the model?
@@ -61,7 +62,8 @@ def split_accuracy(examples: Sequence[Example], finals: Mapping[str, Sequence[st
 
 def answer_probe(model: HookedTransformer, examples: Sequence[Example], hook_names: Sequence[str],
                  train_frac: float = 0.7, c: float = 1.0, seed: int = 0,
-                 target: Callable[[Example], str] | None = None) -> pd.DataFrame:
+                 target: Callable[[Example], str] | None = None,
+                 group: Callable[[Example], str] | None = None) -> pd.DataFrame:
     """Per hook: held-out accuracy of a logistic-regression probe from the last-position residual to the gold
     answer's first word, beside the model's own greedy accuracy on the same held-out prompts (single-token
     tasks). Columns probe_acc, model_acc, majority_acc (always the most frequent training label), n_train,
@@ -69,18 +71,33 @@ def answer_probe(model: HookedTransformer, examples: Sequence[Example], hook_nam
 
     ``target(example)`` probes for another label of each prompt instead of its answer: for multiple choice,
     ``lambda e: e.meta["gold_value"]`` asks whether the state holds the recalled *value* rather than its letter.
-    The split and ``model_acc`` (the model's accuracy on the task itself) are the same either way."""
+    ``model_acc`` is always the model's accuracy on the task itself, on the held-out prompts.
+
+    ``group(example)`` splits by group instead of by prompt: a share ``train_frac`` of the groups is fitted, the
+    rest scored, so no group is on both sides. A value probe needs it: split by prompt, the same entity's fact is
+    in both halves, and a probe that reads only *which entity* is asked can learn the fact table itself (it then
+    reads high whether or not the model recalled anything); split by entity (``lambda e: e.meta["entity"]``),
+    it must read a value the model represents the same way for entities it was not fitted on."""
     from sklearn.linear_model import LogisticRegression
 
     if not 0 < train_frac < 1:
         raise ValueError(f"train_frac must be in (0, 1) (got {train_frac})")
     if any(e.task == "reasoning" for e in examples):
         raise ValueError("answer_probe reads single-token answers; reasoning chains have many tokens")
-    order = np.random.default_rng(seed).permutation(len(examples))
-    n_train = int(round(train_frac * len(examples)))
-    train, test = order[:n_train], order[n_train:]
-    if len(test) == 0:
-        raise ValueError(f"no held-out prompts: {len(examples)} examples at train_frac={train_frac}")
+    rng = np.random.default_rng(seed)
+    if group is None:
+        order = rng.permutation(len(examples))
+        n_train = int(round(train_frac * len(examples)))
+        train, test = order[:n_train], order[n_train:]
+    else:
+        keys = [group(e) for e in examples]
+        names = rng.permutation(sorted(set(keys)))
+        fitted = set(names[:int(round(train_frac * len(names)))])
+        train = np.array([i for i, k in enumerate(keys) if k in fitted], dtype=int)
+        test = np.array([i for i, k in enumerate(keys) if k not in fitted], dtype=int)
+    if len(test) == 0 or len(train) == 0:
+        raise ValueError(f"no {'held-out' if len(test) == 0 else 'training'} prompts: {len(examples)} examples "
+                         f"at train_frac={train_frac}{' (too few groups)' if group is not None else ''}")
     y = np.array([(target or (lambda e: e.answer.split()[0]))(e) for e in examples])
     answers = evaluate.answer(model, [examples[i] for i in test])
     model_acc = float(np.mean([score(examples[i], a) for i, a in zip(test, answers)]))
