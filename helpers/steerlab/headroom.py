@@ -132,13 +132,13 @@ def word_feature_steering(model: HookedTransformer, sae, hook_name: str, example
     groups: dict[str, list[int]] = {}
     for i, w in enumerate(words):
         groups.setdefault(w, []).append(i)
+    vecs = {w: sae.W_dec.detach()[word_feature(sae, model, w)] for w in groups}  # one feature per word
     rows = []
     for c in coefs:
         answers = [""] * len(examples)
         for w, idx in groups.items():
-            vec = sae.W_dec.detach()[word_feature(sae, model, w)]
             out = evaluate.next_words(model, [examples[i].prompt for i in idx],
-                                      fwd_hooks=hooks.add_vector(hook_name, vec, c, "last_prompt"))
+                                      fwd_hooks=hooks.add_vector(hook_name, vecs[w], c, "last_prompt"))
             for i, a in zip(idx, out):
                 answers[i] = a
         rows.append({"coef": float(c), "accuracy": float(np.mean([score(e, a) for e, a in zip(examples, answers)])),
