@@ -20,6 +20,7 @@ as in training); the downstream measures splice the SAE into the forward pass wi
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -200,8 +201,16 @@ def recipe_change(spec: str | Mapping, cfg) -> dict:
 
 
 def variant_label(change: Mapping) -> str:
-    """``{"d_sae": 1024, "seed": 1}`` -> ``"d_sae1024_seed1"``: a row label, metric-key part and folder name."""
-    return "_".join(f"{k}{v}" for k, v in change.items())
+    """``{"d_sae": 1024, "seed": 1}`` -> ``"d_sae1024_seed1"``: a row label, metric-key part and folder name.
+    An architecture is named by itself: ``{"architecture": "standard", "seed": 1}`` -> ``"standard_seed1"``."""
+    return "_".join(str(v) if k == "architecture" else f"{k}{v}" for k, v in change.items())
+
+
+def recipe_of(label: str) -> str:
+    """The recipe a sweep row belongs to, its seed left out: ``"seed2"`` and ``"used"`` -> ``"used"`` (the
+    recipe of the SAE in use), ``"standard_seed1"`` -> ``"standard"``, ``"k16"`` -> ``"k16"``."""
+    rest = re.sub(r"(^|_)seed\d+$", "", label)
+    return rest or "used"
 
 
 def recipe_sweep(model, world, cfg, variants: Sequence, layer: int, rows: Int[Tensor, "batch pos"], out_dir,
