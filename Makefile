@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PROFILE ?= default
 STAMP := $(VENV)/.steerlab-setup
 
-.PHONY: setup run test results results-distractors lab clean
+.PHONY: setup run test results results-distractors results-l1 lab clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,13 @@ results-distractors: setup
 	for s in 00_tinyworld 01_train_sae 03_steering; do cp runs/distractors/$$s/metrics.json results/distractors/$$s.metrics.json; done
 	cp runs/distractors/03_steering/methods.csv results/distractors/03_steering.methods.csv
 	cp runs/distractors/03_steering/spare_sweep.csv results/distractors/03_steering.spare_sweep.csv
+
+# The L1 SAE alternative of notebook 01 section 6 (params/l1-sae.yaml, ~15 min): its own SAEs under runs/.
+results-l1: setup
+	$(BIN)/python -m steerlab.pipeline --profile l1-sae --only 01_train_sae 02_mi_explanations 03_steering
+	mkdir -p results/l1-sae
+	for s in 01_train_sae 02_mi_explanations 03_steering; do cp runs/l1-sae/$$s/metrics.json results/l1-sae/$$s.metrics.json; done
+	cp runs/l1-sae/01_train_sae/concepts.csv results/l1-sae/01_train_sae.concepts.csv
 
 lab: setup
 	$(BIN)/jupyter lab notebooks
