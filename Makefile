@@ -39,7 +39,7 @@ results-distractors: setup
 	cp runs/distractors/03_steering/methods.csv results/distractors/03_steering.methods.csv
 	cp runs/distractors/03_steering/spare_sweep.csv results/distractors/03_steering.spare_sweep.csv
 
-# The L1 SAE alternative of notebook 01 section 6 (params/l1-sae.yaml, ~15 min): its own SAEs under runs/.
+# The L1 SAE alternative of notebook 01 section 6 (params/l1-sae.yaml, ~10 min): its own SAEs under runs/.
 results-l1: setup
 	$(BIN)/python -m steerlab.pipeline --profile l1-sae --only 01_train_sae 02_mi_explanations 03_steering
 	mkdir -p results/l1-sae

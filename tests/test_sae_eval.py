@@ -154,8 +154,9 @@ def test_recipe_change_parses_and_names_variants():
     assert E.variant_label(E.recipe_change("d_sae=1024,seed=1", cfg)) == "d_sae1024_seed1"
     assert E.variant_label(E.recipe_change("architecture=standard,seed=2", cfg)) == "standard_seed2"
     # seed rows group with their recipe; bare seeds belong to the recipe in use
-    assert [E.recipe_of(v) for v in ("used", "seed3", "standard", "standard_seed1", "k16", "d_sae1024_seed1")] == \
-        ["used", "used", "standard", "standard", "k16", "d_sae1024"]
+    assert [E.recipe_of(v) for v in ("used", "seed3", "standard", "standard_seed1", "seed1_standard", "k16",
+                                   "d_sae1024_seed1", "seed12_k16")] == \
+        ["used", "used", "standard", "standard", "standard", "k16", "d_sae1024", "k16"]
     for bad, match in (("dsae=3", "is not one"), ("k", "has no value"), ("k=1.5", "must be of type int"),
                        ("layers=1", "is not one"), ("", "changes nothing")):
         with pytest.raises(ValueError, match=match):

@@ -209,7 +209,7 @@ def variant_label(change: Mapping) -> str:
 def recipe_of(label: str) -> str:
     """The recipe a sweep row belongs to, its seed left out: ``"seed2"`` and ``"used"`` -> ``"used"`` (the
     recipe of the SAE in use), ``"standard_seed1"`` -> ``"standard"``, ``"k16"`` -> ``"k16"``."""
-    rest = re.sub(r"(^|_)seed\d+$", "", label)
+    rest = re.sub(r"(^|_)seed\d+(?=_|$)", "", label).strip("_")
     return rest or "used"
 
 
