@@ -98,7 +98,8 @@ def answer_probe(model: HookedTransformer, examples: Sequence[Example], hook_nam
     if len(test) == 0 or len(train) == 0:
         raise ValueError(f"no {'held-out' if len(test) == 0 else 'training'} prompts: {len(examples)} examples "
                          f"at train_frac={train_frac}{' (too few groups)' if group is not None else ''}")
-    y = np.array([(target or (lambda e: e.answer.split()[0]))(e) for e in examples])
+    label = target or (lambda e: e.answer.split()[0])
+    y = np.array([label(e) for e in examples])
     answers = evaluate.answer(model, [examples[i] for i in test])
     model_acc = float(np.mean([score(examples[i], a) for i, a in zip(test, answers)]))
     labels, counts = np.unique(y[train], return_counts=True)
