@@ -10,7 +10,9 @@ import time
 
 import torch
 
-from steerlab import control, models, rl
+from steerlab import control, models
+from steerlab.control import rl
+from steerlab.tasks import tinyworld as tinyworld_tasks
 from steerlab import sae as sae_mod
 
 
@@ -24,8 +26,8 @@ def main() -> None:
     model, world = models.load_tinyworld()
     sae = sae_mod.load_sae(layer=args.layer)
     rng = random.Random(0)
-    for task, sampler in (("mcqa", rl.heldout_like_sampler(world, "mcqa")),
-                          ("reasoning", rl.heldout_like_sampler(world, "reasoning"))):
+    for task, sampler in (("mcqa", tinyworld_tasks.heldout_like_sampler(world, "mcqa")),
+                          ("reasoning", tinyworld_tasks.heldout_like_sampler(world, "reasoning"))):
         exs = [sampler(rng) for _ in range(args.n)]
         pol = control.new_policy(control.ControlConfig(layers=(args.layer,), d_model=model.cfg.d_model,
                                                        d_sae=sae.cfg.d_sae), sae, model)

@@ -24,7 +24,8 @@ def _one(length: int, sae_source: str, batch_size: int, threads: int) -> dict:
 
     import torch
 
-    from steerlab import graph, models, sae
+    from steerlab import models, sae
+    from steerlab.circuits import graph
     from steerlab.world import TOPICS
 
     torch.set_num_threads(threads)

@@ -15,7 +15,9 @@ import time
 
 import torch
 
-from steerlab import evaluate, hooks, models
+from steerlab import models
+from steerlab.core import run as evaluate
+from steerlab.core import hooks
 
 
 def _sae(model, layer: int):

@@ -3,7 +3,8 @@
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
-from steerlab import models, tokenizer
+from steerlab import models
+from steerlab.models import tokenizer
 from steerlab.world import World, WorldConfig
 
 

@@ -6,8 +6,8 @@ import networkx as nx
 import pytest
 import torch
 
-from steerlab import circuits as C
-from steerlab import graph as G
+from steerlab.evals import circuits as C
+from steerlab.circuits import graph as G
 from steerlab.sae import SAE_DIR
 
 from test_graph import PROMPT, _hand_graph, tiny  # noqa: F401  (fixture)

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 import torch
 
-from steerlab import concepts as C
+from steerlab.evals import concepts as C
 from steerlab import models
 from steerlab import sae as S
 from steerlab.world import ATTRIBUTES, HARMFUL, TOPICS

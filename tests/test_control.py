@@ -4,7 +4,9 @@ import pytest
 import torch
 from control_fixtures import tiny_model, tiny_sae
 
-from steerlab import control, rl, rl_eval
+from steerlab import control
+from steerlab.control import rl
+from steerlab.evals import control as rl_eval
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from steerlab import explain, explain_eval
+from steerlab import explain
+from steerlab.evals import explanations as explain_eval
 from steerlab.explain import ExplainConfig, Explanations
 
 LN3 = math.log(3.0)

@@ -6,11 +6,11 @@ import pytest
 import torch
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
-from steerlab import graph as G
-from steerlab import graph_io as GI
+from steerlab.circuits import graph as G
+from steerlab.circuits import io as GI
 from steerlab.models import TINYWORLD_DIR, ModelConfig, build_model
 from steerlab.sae import encoder_preactivation
-from steerlab.tokenizer import load_tokenizer
+from steerlab.models.tokenizer import load_tokenizer
 
 PROMPT = "context : rumor says the city is paris . question : the city ? answer :"
 

@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from steerlab import graph as G
-from steerlab import graph_io as GI
-from steerlab import graph_view as V
+from steerlab.circuits import graph as G
+from steerlab.circuits import io as GI
+from steerlab.viz import graph_view as V
 
 from test_graph import PROMPT, tiny  # noqa: F401  (fixture)
 

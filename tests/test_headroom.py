@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 
-from steerlab import headroom
+from steerlab.evals import headroom
 from steerlab.sae import load_sae
 from steerlab.world import ATTRIBUTES, Example
 
@@ -93,7 +93,9 @@ def test_refusal_reward_and_sampler(tinyworld):
 def test_crl_gains_where_the_frozen_model_has_headroom(tinyworld):
     """On the refusal task the frozen model answers every working jailbreak (reward ~0.5); a CRL policy that adds
     one feature at layer 2 learns to refuse them and still answer benign requests."""
-    from steerlab import control, rl, rl_eval
+    from steerlab import control
+    from steerlab.control import rl
+    from steerlab.evals import control as rl_eval
     from steerlab import sae as sae_mod
 
     model, world = tinyworld

@@ -2,7 +2,8 @@ import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
-from steerlab import evaluate, hooks
+from steerlab.core import run as evaluate
+from steerlab.core import hooks
 from steerlab import sae as sae_mod
 
 HOOK = "blocks.1.hook_resid_post"

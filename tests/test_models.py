@@ -4,13 +4,14 @@ import shutil
 import pytest
 import torch
 
-from steerlab import evaluate, models
-from steerlab.evaluate import BEHAVIOUR_TARGETS
+from steerlab import models
+from steerlab.core import run as evaluate
+from steerlab.evals.behaviour import BEHAVIOUR_TARGETS, behaviour_table
 
 
 def test_shipped_model_meets_behaviour_targets(tinyworld):
     model, world = tinyworld
-    table = evaluate.behaviour_table(model, world, n=200)
+    table = behaviour_table(model, world, n=200)
     for key, (lo, hi) in BEHAVIOUR_TARGETS.items():
         assert lo <= table[key] <= hi, f"{key}={table[key]:.3f} outside [{lo}, {hi}]"
 

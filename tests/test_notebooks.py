@@ -6,7 +6,7 @@ import json
 import pytest
 
 from steerlab import pipeline
-from steerlab.runs import REPO_ROOT, read_metrics
+from steerlab.core.runs import REPO_ROOT, read_metrics
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 

@@ -6,7 +6,11 @@ import pytest
 import torch
 from control_fixtures import tiny_model, tiny_sae
 
-from steerlab import control, evaluate, rl, rl_eval
+from steerlab import control
+from steerlab.core import run as evaluate
+from steerlab.control import rl
+from steerlab.tasks import tinyworld as tinyworld_tasks
+from steerlab.evals import control as rl_eval
 from steerlab.world import Example
 
 
@@ -124,8 +128,8 @@ def test_rlvr_is_reproducible_with_several_threads(tinyworld):
     torch.set_num_threads(2)
     try:
         cfg = rl.RLConfig(n_updates=4, batch_size=32, lm_lr=1e-4, seed=7)
-        a, _ = rl.train_rlvr(model, rl.heldout_like_sampler(world, "mcqa"), cfg)
-        b, _ = rl.train_rlvr(model, rl.heldout_like_sampler(world, "mcqa"), cfg)
+        a, _ = rl.train_rlvr(model, tinyworld_tasks.heldout_like_sampler(world, "mcqa"), cfg)
+        b, _ = rl.train_rlvr(model, tinyworld_tasks.heldout_like_sampler(world, "mcqa"), cfg)
     finally:
         torch.set_num_threads(threads)
     assert not torch.are_deterministic_algorithms_enabled()  # restored on exit

@@ -4,7 +4,7 @@ from sae_lens import StandardSAE, StandardSAEConfig
 
 from steerlab import models
 from steerlab import sae as S
-from steerlab import sae_eval as E
+from steerlab.evals import sae_quality as E
 
 torch.set_num_threads(1)
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from steerlab import sae as S
-from steerlab import sae_eval as E
-from steerlab import sae_finetune as F
+from steerlab.evals import sae_quality as E
+from steerlab.sae import finetune as F
 
 torch.set_num_threads(1)
 
@@ -65,7 +65,7 @@ def test_recipe_runs_the_finetuning_and_records_it(tinyworld, tmp_path):
     model, world = tinyworld
     cfg = S.SAETrainConfig(layers=(1,), d_sae=64, k=8, training_tokens=8192, batch_tokens=512,
                            n_batches_in_buffer=64, lr=5e-3, kl_finetune_steps=4)
-    res = S.train_tinyworld_saes(model, world, cfg, tmp_path)
+    res = E.train_tinyworld_saes(model, world, cfg, tmp_path)
     assert res.curves[1]["kl_finetune"]["step"][-1] == 4
     assert json.loads((tmp_path / "training.json").read_text())["config"]["kl_finetune_steps"] == 4
     with pytest.raises(ValueError, match="kl_finetune_steps"):

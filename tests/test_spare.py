@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from steerlab import spare
+from steerlab.steer import spare
 from steerlab.world import Example
 from test_hooks import HOOK, resid, tiny_sae
 

@@ -2,7 +2,10 @@ import pandas as pd
 import pytest
 import torch
 
-from steerlab import evaluate, hooks, sae as sae_mod, steering
+from steerlab import sae as sae_mod
+from steerlab.core import run as evaluate
+from steerlab.core import hooks
+from steerlab.evals import steering
 from steerlab.world import Example
 from test_hooks import HOOK, tiny_sae
 

@@ -1,7 +1,7 @@
 import torch
 
 from steerlab.models import ModelConfig, load_tinyworld
-from steerlab.train import TrainConfig, train_tinyworld
+from steerlab.models.train import TrainConfig, train_tinyworld
 from steerlab.world import WorldConfig
 
 
@@ -26,7 +26,7 @@ def test_training_lowers_the_loss_and_is_reproducible(tmp_path):
 def test_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     _train(tmp_path / "a", steps=10)
     before = (tmp_path / "a" / "model.safetensors").read_bytes()
-    import steerlab.models as models
+    import steerlab.models.tinyworld as models
 
     def boom(*a, **k):
         raise RuntimeError("disk full")

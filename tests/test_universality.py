@@ -9,7 +9,9 @@ import pytest
 import torch
 from control_fixtures import tiny_model, tiny_sae
 
-from steerlab import control, rl_eval, universality
+from steerlab import control
+from steerlab.evals import control as rl_eval
+from steerlab.control import universality
 from steerlab.world import score
 
 

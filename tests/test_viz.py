@@ -5,7 +5,7 @@ import torch
 
 from steerlab import models
 from steerlab import sae as S
-from steerlab import viz
+from steerlab.viz import dashboards as viz
 
 torch.set_num_threads(1)
 
@@ -58,7 +58,7 @@ def test_dashboard_parts():
 
 
 def test_curve_plots_each_series_against_its_own_x_when_given():
-    from steerlab import plots
+    from steerlab.viz import plots
 
     fig = plots.curve([1, 2, 3], {"shared": [0.1, 0.2, 0.3], "own": ([1, 4], [0.5, 0.6])}, "x", "y")
     lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
@@ -67,7 +67,7 @@ def test_curve_plots_each_series_against_its_own_x_when_given():
 
 
 def test_tradeoff_draws_each_setting_with_its_strength():
-    from steerlab import plots
+    from steerlab.viz import plots
 
     fig = plots.tradeoff({"amplify": ([1.0, 0.98, 0.7], [0.5, 0.16, 0.06], [4, 12, 16])}, "benign", "asr",
                          origin=(1.0, 1.0))
@@ -79,7 +79,7 @@ def test_tradeoff_draws_each_setting_with_its_strength():
 
 
 def test_labelled_points_names_each_point_and_shades_the_region():
-    from steerlab import plots
+    from steerlab.viz import plots
 
     fig = plots.labelled_points({"used": (0.025, 0.77), "k16": (0.047, 0.93)}, "drop", "mi",
                                 region=((0, 0.02), (0.8, 1.0)), region_label="both")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from steerlab.runs import REPO_ROOT, read_metrics, run_path
+from steerlab.core.runs import REPO_ROOT, read_metrics, run_path
 
 log = logging.getLogger(__name__)
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from steerlab.tasks.base import Example as BaseExample
+
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 PUNCT = [":", "?", ".", ",", ";", "=", "+"]
 KEYWORDS = ["fact", "question", "answer", "context", "says", "is", "checks", "mcq", "reason", "so", "text",
@@ -107,9 +109,12 @@ class WorldConfig:
             raise ValueError(f"topic_text_len must be 4..40 (got {self.topic_text_len})")
 
 
+MULTI_TOKEN_TASKS = {"reasoning": 24, "request": 3}  # tokens generated per answer; other tasks read one word
+
+
 @dataclass
-class Example:
-    """One task instance.
+class Example(BaseExample):
+    """One tinyworld task instance (:class:`steerlab.tasks.base.Example`, scored by :func:`score`).
 
     Attributes:
         task: the task family (``closed_book``, ``open_book``, ``mcqa``, ``reasoning``, ``topic``, ``request``).
@@ -118,15 +123,17 @@ class Example:
         meta: ground truth of this instance (entity, attribute, source, expected behaviour ...).
     """
 
-    task: str
-    prompt: str
-    answer: str
-    meta: dict = field(default_factory=dict)
+    def __post_init__(self) -> None:
+        if not self.max_new_tokens:
+            self.max_new_tokens = MULTI_TOKEN_TASKS.get(self.task, 0)
 
     @property
     def text(self) -> str:
         """The full training string: prompt, answer and ``<eos>`` (``<bos>`` is added at tokenization)."""
         return " ".join(p for p in (self.prompt, self.answer, "<eos>") if p)
+
+    def score(self, completion: str) -> bool:
+        return score(self, completion)
 
 
 def _make_names(rng: random.Random, n: int) -> list[str]:

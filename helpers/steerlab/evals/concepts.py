@@ -1,0 +1,242 @@
+"""Ground-truth concepts of the world and the SAE features that detect them.
+
+Every concept is a labelled set of (prompt, token position) pairs drawn from the world's own samplers, so its
+label is known exactly. A feature *detects* a concept when its activation ranks the positive positions above
+the negative ones: AUROC = P(a_pos > a_neg) (+ 1/2 P(tie)), computed from average ranks. A concept counts as
+detected when its best single feature reaches ``threshold`` (0.95).
+
+The detector score of feature ``f`` is by default its pre-top-k code ``ReLU((x - b_dec) @ W_enc[:, f] + b_enc[f])``
+(:func:`steerlab.sae.encode_pre_topk`, the quantity SPARE reads): the top-k cut only turns low scores into
+ties at zero. ``pre_topk=False`` scores the SAE's own sparse code instead.
+
+Concepts (``kind`` in brackets) and where they are read:
+
+* ``topic:<t>`` (topic), one per topic: every position of a ``text :`` prompt once a topic word has appeared;
+  positive when the text is about ``t`` (the model needs the topic to predict the next word).
+* ``knowledge_source`` (latent): the knowledge-conflict prompts (``report`` source) at the ``.`` that closes
+  their ``checks``, the first position where all five checks have been read and the latent is determined;
+  positive when the world says the model uses the context (at least 3 checks confirm), negative when it uses
+  memory. At the last position, where SPARE reads, the residual carries the looked-up answer value instead
+  (as for attributes below); :func:`source_by_position` scores every position from the checks to the end.
+* ``refusal`` (behaviour): the last position of requests (harmful, jailbroken and benign); positive when the
+  request is refused.
+* ``harm:<h>`` (harmful topic), one per harmful topic: the request words of harmful requests (plain and
+  jailbroken); positive when the word belongs to harmful topic ``h`` (negatives: benign words and the other
+  harmful topics).
+* ``attribute:<a>`` (attribute), one per attribute type: the attribute word of the question part of
+  closed-book, open-book and multiple-choice prompts (the word before the last ``?``); positive when the
+  question asks for attribute ``a``. (At the last position the residual carries the looked-up *value*, one
+  feature per value, so no single feature covers a whole attribute type there.)
+
+Positions count ``<bos>`` as 0, so word ``i`` of a prompt is position ``i + 1``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import rankdata
+
+from steerlab.core.activations import encode_pre_topk
+from steerlab.sae.io import check_fits
+from steerlab.world import ATTRIBUTES, HARMFUL, TOPICS, World
+
+DETECTED_AUROC = 0.95
+
+
+@dataclass
+class Concept:
+    """A labelled set of positions: ``items[i] = (prompt, position)`` with label ``labels[i]``."""
+
+    name: str  # e.g. "topic:music"
+    kind: str  # topic | latent | behaviour | harmful topic | attribute
+    items: list = field(default_factory=list)  # (prompt, position) pairs
+    labels: list = field(default_factory=list)  # bools, one per item
+
+    def add(self, prompt: str, position: int, label: bool) -> None:
+        self.items.append((prompt, position))
+        self.labels.append(bool(label))
+
+
+def world_concepts(world: World, n: int = 200, seed: int = 0) -> list[Concept]:
+    """The world's concepts (see the module docstring), ``n`` prompts per source set."""
+    rng = random.Random(seed)
+    concepts: list[Concept] = []
+    texts = [world.topic(rng, t) for t in TOPICS for _ in range(max(n // len(TOPICS), 4))]
+    for t in TOPICS:
+        c = Concept(f"topic:{t}", "topic")
+        for ex in texts:
+            topic_words = set(TOPICS[ex.meta["topic"]])
+            first = next((i for i, w in enumerate(ex.meta["words"]) if w in topic_words), None)
+            for i in range(first if first is not None else len(ex.meta["words"]), len(ex.meta["words"])):
+                c.add(ex.prompt, i + 3, ex.meta["topic"] == t)  # "text :" is words 0-1, <bos> is position 0
+        concepts.append(c)
+    c = Concept("knowledge_source", "latent")
+    for ex in world.eval_sets(n, seed=seed + 1)["conflict_mixed"]:
+        c.add(ex.prompt, checks_end(ex.prompt), ex.meta["uses"] == "context")
+    concepts.append(c)
+    requests = ([world.request(rng, True, False) for _ in range(n // 2)]
+                + [world.request(rng, True, True) for _ in range(n // 2)]
+                + [world.request(rng, False) for _ in range(n // 2)])
+    c = Concept("refusal", "behaviour")
+    for ex in requests:
+        c.add(ex.prompt, _last(ex.prompt), ex.meta["refuse"])
+    concepts.append(c)
+    for h in HARMFUL:
+        c = Concept(f"harm:{h}", "harmful topic")
+        for ex in requests:
+            if ex.meta["harmful"]:
+                words = ex.prompt.split()
+                start = words.index("to") + 1  # "... request : how to w w w ? response :"
+                for i in range(start, words.index("?")):
+                    c.add(ex.prompt, i + 1, words[i] in HARMFUL[h])
+        concepts.append(c)
+    questions = ([world.closed_book(rng) for _ in range(n)] + [world.open_book(rng) for _ in range(n)]
+                 + [world.mcqa(rng) for _ in range(n)])
+    for a in ATTRIBUTES:
+        c = Concept(f"attribute:{a}", "attribute")
+        for ex in questions:
+            words = ex.prompt.split()
+            c.add(ex.prompt, len(words) - words[::-1].index("?") - 1, ex.meta["attribute"] == a)
+        concepts.append(c)
+    return concepts
+
+
+def _last(prompt: str) -> int:
+    return len(prompt.split())  # <bos> + words: the last word sits at position len(words)
+
+
+def checks_end(prompt: str) -> int:
+    """Position of the ``.`` that closes a conflict prompt's ``checks : ...`` list (``<bos>`` is position 0)."""
+    words = prompt.split()
+    if "checks" not in words:
+        raise ValueError(f"not a knowledge-conflict prompt with checks: {prompt!r}")
+    return words.index(".", words.index("checks")) + 1
+
+
+@torch.no_grad()
+def feature_activations(model, sae, items: list, pre_topk: bool = False, batch_size: int = 256) -> torch.Tensor:
+    """SAE codes ``[len(items), d_sae]`` at each (prompt, position); prompts are run once each, batched by length."""
+    hook = sae.cfg.metadata.hook_name
+    by_prompt: dict[str, list[int]] = defaultdict(list)
+    for i, (prompt, _) in enumerate(items):
+        by_prompt[prompt].append(i)
+    by_len: dict[int, list[str]] = defaultdict(list)
+    for prompt in by_prompt:
+        by_len[len(prompt.split())].append(prompt)
+    out = torch.zeros(len(items), sae.cfg.d_sae)
+    for prompts in by_len.values():
+        for s in range(0, len(prompts), batch_size):
+            chunk = prompts[s: s + batch_size]
+            _, cache = model.run_with_cache(model.to_tokens(chunk), names_filter=hook)
+            acts = cache[hook]
+            for row, prompt in enumerate(chunk):
+                idx = by_prompt[prompt]
+                x = acts[row, [items[i][1] for i in idx]]
+                out[idx] = encode_pre_topk(sae, x) if pre_topk else sae.encode(x)
+    return out
+
+
+def auroc_per_feature(acts: torch.Tensor, labels) -> np.ndarray:
+    """AUROC of every feature (column of ``acts [n, d_sae]``) as a detector of ``labels`` (ties count 1/2)."""
+    y = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"a concept needs positive and negative examples (got {n_pos} and {n_neg})")
+    ranks = rankdata(acts.numpy(), axis=0)  # average ranks: ties count 1/2
+    return (ranks[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def concept_aurocs(model, sae, world: World, n: int = 200, pre_topk: bool = True) -> pd.DataFrame:
+    """AUROC matrix: one row per concept (index = concept name), one column per feature."""
+    check_fits(model, sae)
+    rows = {}
+    for c in world_concepts(world, n):
+        rows[c.name] = auroc_per_feature(feature_activations(model, sae, c.items, pre_topk), c.labels)
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def concept_table(model, sae, world: World, n: int = 200, aurocs: pd.DataFrame | None = None,
+                  threshold: float = DETECTED_AUROC) -> pd.DataFrame:
+    """Best single feature per concept: columns kind, feature, auroc, runner_up_auroc, n_pos, n_neg, detected."""
+    aurocs = concept_aurocs(model, sae, world, n) if aurocs is None else aurocs
+    concepts = {c.name: c for c in world_concepts(world, n)}
+    rows = []
+    for name, row in aurocs.iterrows():
+        order = np.argsort(-row.to_numpy())
+        c = concepts[name]
+        rows.append({"concept": name, "kind": c.kind, "feature": int(row.index[order[0]]),
+                     "auroc": float(row.iloc[order[0]]), "runner_up_auroc": float(row.iloc[order[1]]),
+                     "n_pos": sum(c.labels), "n_neg": len(c.labels) - sum(c.labels)})
+    table = pd.DataFrame(rows).set_index("concept")
+    table["detected"] = table["auroc"] >= threshold
+    return table
+
+
+def feature_concepts(model=None, sae=None, world: World | None = None, n: int = 200,
+                     aurocs: pd.DataFrame | None = None, pre_topk: bool = True) -> dict[int, tuple[str, float]]:
+    """``{feature: (best concept, its AUROC)}`` for every feature (pass ``aurocs`` to reuse a computed matrix).
+
+    ``pre_topk`` chooses the score, as in :func:`concept_aurocs`. To say what a feature *is*, the SAE's own
+    sparse code (``pre_topk=False``) is the stricter truth: a feature whose pre-top-k score ranks finance texts
+    high but which never makes the top-k cut there is not a finance feature (it carries no finance signal in
+    the reconstruction the model sees). The pre-top-k score answers a different question, whether *some*
+    feature could detect a concept, which is what the detector table asks."""
+    if aurocs is None:
+        if model is None or sae is None or world is None:
+            raise ValueError("feature_concepts needs model, sae and world, or a precomputed aurocs matrix")
+        aurocs = concept_aurocs(model, sae, world, n, pre_topk=pre_topk)
+    best = aurocs.idxmax(axis=0)
+    return {int(f): (str(best[f]), float(aurocs.at[best[f], f])) for f in aurocs.columns}
+
+
+def attribute_by_format(model, sae, world: World, n: int = 200) -> pd.DataFrame:
+    """Best single-feature AUROC for each attribute type within each question format (rows: attribute,
+    columns: closed_book, open_book, mcqa, all formats). Shows whether the SAE splits a concept by format."""
+    check_fits(model, sae)
+    rng = random.Random(1)
+    formats = {"closed_book": [world.closed_book(rng) for _ in range(n)],
+               "open_book": [world.open_book(rng) for _ in range(n)], "mcqa": [world.mcqa(rng) for _ in range(n)]}
+    formats["all formats"] = [ex for exs in formats.values() for ex in exs]
+    table = {}
+    for name, exs in formats.items():
+        items = []
+        for ex in exs:
+            words = ex.prompt.split()
+            items.append((ex.prompt, len(words) - words[::-1].index("?") - 1))
+        acts = feature_activations(model, sae, items, pre_topk=True)
+        table[name] = {a: float(auroc_per_feature(acts, [ex.meta["attribute"] == a for ex in exs]).max())
+                       for a in ATTRIBUTES}
+    return pd.DataFrame(table)
+
+
+def source_by_position(model, sae, world: World, n: int = 200, seed: int = 1) -> pd.DataFrame:
+    """Where the knowledge-source latent is readable: for every position from ``checks`` to the end of the
+    conflict prompts (all share one layout), the best single feature's AUROC for "the model uses the context"
+    (pre-top-k score). Columns position, word, best_feature, auroc; the row ``is_concept`` is the position
+    :func:`world_concepts` reads."""
+    check_fits(model, sae)
+    exs = world.eval_sets(n, seed=seed)["conflict_mixed"]
+    words = exs[0].prompt.split()
+    if any(len(e.prompt.split()) != len(words) for e in exs):
+        raise ValueError("conflict prompts of different lengths: source_by_position needs one layout")
+    labels = [e.meta["uses"] == "context" for e in exs]
+    positions = range(words.index("checks") + 1, len(words) + 1)
+    # one pass per prompt for every position: feature_activations groups the items by prompt
+    acts = feature_activations(model, sae, [(e.prompt, p) for p in positions for e in exs], pre_topk=True)
+    rows = []
+    for k, pos in enumerate(positions):
+        au = auroc_per_feature(acts[k * len(exs): (k + 1) * len(exs)], labels)
+        rows.append({"position": pos, "word": words[pos - 1], "best_feature": int(au.argmax()),
+                     "auroc": float(au.max()), "is_concept": pos == checks_end(exs[0].prompt)})
+    return pd.DataFrame(rows)
+
+
+def detected_fraction(table: pd.DataFrame) -> float:
+    """Share of concepts whose best single feature reaches the detection threshold."""
+    return float(table["detected"].mean())

@@ -1,0 +1,116 @@
+"""Loading SAEs (shipped folders, any SAELens folder, SAELens releases) and checking that one fits a model.
+
+Shipped SAEs live in SAELens's own on-disk format, one folder per hook::
+
+    data/saes/tinyworld/blocks.{L}.hook_resid_post/cfg.json               (SAELens config + metadata)
+    data/saes/tinyworld/blocks.{L}.hook_resid_post/sae_weights.safetensors
+    data/saes/tinyworld/training.json                                      (the recipe: SAETrainConfig + curves)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from steerlab.core.activations import model_fingerprint
+from steerlab.models.paths import DATA_DIR
+
+SAE_DIR = DATA_DIR / "saes"
+DEFAULT_LAYER = 2  # the layer whose SAE the steering stage (SPARE) uses: mid-depth, where context vs memory is read
+
+
+def hook_name_for(layer: int) -> str:
+    """The residual-stream hook an SAE of ``layer`` reads."""
+    return f"blocks.{int(layer)}.hook_resid_post"
+
+
+def _folder(source: str, layer: int | None, hook_name: str | None) -> Path | None:
+    if source == "tinyworld":
+        hook = hook_name or hook_name_for(DEFAULT_LAYER if layer is None else layer)
+        return SAE_DIR / "tinyworld" / hook
+    p = Path(source)
+    if p.is_dir():
+        return p / (hook_name or hook_name_for(layer)) if (layer is not None or hook_name) else p
+    return None
+
+
+def load_sae(source: str | Path = "tinyworld", layer: int | None = None, hook_name: str | None = None,
+             sae_id: str | None = None, model=None):
+    """Load an SAE (inference ``sae_lens.SAE``, eval mode, CPU).
+
+    ``source``: ``"tinyworld"`` (shipped, ``layer`` defaults to :data:`DEFAULT_LAYER`), a folder holding
+    ``cfg.json`` (or a folder of per-hook folders, with ``layer``/``hook_name``), or a SAELens release name
+    with ``sae_id`` (``SAE.from_pretrained``; offline this raises a ConnectionError that names the offline
+    default). With ``model``, :func:`check_fits` checks that the SAE fits it.
+    """
+    from sae_lens import SAE
+
+    folder = _folder(str(source), layer, hook_name)
+    if folder is not None:
+        if not (folder / "cfg.json").is_file():
+            raise FileNotFoundError(f"no SAE at {folder} (cfg.json missing); train one with "
+                                    "steerlab.sae.train_saes or notebook 01, or pick another layer/hook_name")
+        sae = SAE.load_from_disk(str(folder), device="cpu")
+    else:
+        if sae_id is None:
+            raise ValueError(f"{source!r} is not a folder nor 'tinyworld': for a SAELens release give sae_id= "
+                             "(see sae_lens pretrained_saes.yaml)")
+        try:
+            sae = SAE.from_pretrained(str(source), sae_id, device="cpu")
+        except (OSError, ConnectionError, RuntimeError) as err:
+            raise ConnectionError(
+                f"could not load SAE {source!r}/{sae_id!r} from the hub ({type(err).__name__}: {err}). The hub "
+                "is not reachable from here or the weights are not cached; use the offline default "
+                "load_sae('tinyworld', layer=...) or set HF_HOME to a cache that holds it.") from err
+        except ValueError as err:
+            raise ValueError(f"SAELens does not know release {source!r} with sae_id {sae_id!r} ({err}); the "
+                             "valid names are in sae_lens/pretrained_saes.yaml") from err
+    if sae.cfg.metadata.hook_name is None and hook_name is not None:
+        sae.cfg.metadata.hook_name = hook_name
+    sae.eval()
+    if model is not None:
+        check_fits(model, sae)
+    return sae
+
+
+def load_saes(layers=(0, 1, 2, 3), source: str | Path = "tinyworld", model=None) -> dict:
+    """``{layer: SAE}`` for the residual stream SAEs of ``layers``."""
+    return {int(layer): load_sae(source, layer=int(layer), model=model) for layer in layers}
+
+
+def check_fits(model, sae) -> None:
+    """Raise a ValueError that says what to fix unless ``sae`` reads a hook ``model`` has, with the same
+    width, and (when the SAE records it) was trained on this model."""
+    hook = sae.cfg.metadata.hook_name
+    if hook is None:
+        raise ValueError("the SAE names no hook (cfg.metadata.hook_name is None): set "
+                         "sae.cfg.metadata.hook_name = 'blocks.L.hook_resid_post' for a hand-built SAE")
+    if hook not in model.hook_dict:
+        some = [h for h in model.hook_dict if h.endswith("hook_resid_post")]
+        raise ValueError(f"the SAE reads {hook!r}, which this model does not have (it has e.g. {some}); "
+                         "load the SAE for one of those hooks")
+    d_in = _hook_width(model, hook)
+    if sae.cfg.d_in != d_in:
+        raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but {hook!r} of this model is {d_in} wide: it was "
+                         "trained for another model; load or train an SAE for this one")
+    trained_for = sae.cfg.metadata.model_name
+    if trained_for is not None and trained_for != model.cfg.model_name:
+        raise ValueError(f"the SAE was trained for model {trained_for!r}, not {model.cfg.model_name!r}: "
+                         "load the SAE trained for this model")
+    fp = sae.cfg.metadata.model_fingerprint
+    if fp is not None and fp != model_fingerprint(model):
+        raise ValueError(f"the SAE was trained on another {trained_for!r} checkpoint (fingerprint {fp}, this "
+                         f"model {model_fingerprint(model)}): retrain it on this model (notebook 01)")
+
+
+def _hook_width(model, hook: str) -> int:
+    if "hook_resid" in hook or hook.endswith(("hook_attn_out", "hook_mlp_out")):
+        return model.cfg.d_model
+    tokens = torch.zeros(1, 2, dtype=torch.long)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=hook)
+    return cache[hook].shape[-1]
+
+

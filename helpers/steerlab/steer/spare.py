@@ -1,0 +1,205 @@
+"""SPARE (Zhao et al., NAACL 2025, arXiv 2410.15999): steering knowledge selection with SAE features.
+
+As the authors' code does it (see METHODS.md):
+
+1. :func:`label_conflicts` runs the model greedily on knowledge-conflict prompts and labels each by its own
+   answer: the context value (``sub``) -> ``y = 1`` (uses context), the memory value (``org``) -> ``y = 0``,
+   anything else is dropped. It also stores ``ss_loss`` = -log p(sub | prompt) and ``so_loss`` =
+   -log p(org | prompt) (answers are one token in tinyworld, so the LM loss of the answer is one term).
+2. :func:`hidden_states` takes the residual stream at the last prompt position after each chosen block;
+   :func:`fit_spare` encodes it with the layer's SAE before any top-k cut (``steerlab.sae.encode_pre_topk``).
+3. Each feature is min-max scaled over the pooled prompts and ``I(z_j; y)`` is estimated by scikit-learn's
+   ``mutual_info_classif`` (k-nearest neighbours). Features sorted by MI; the smallest prefix whose
+   cumulative MI exceeds ``p`` of the total is kept and split by ``E_j = mean(z_j | y=1) - mean(z_j | y=0)``:
+   ``E_j > 0`` -> ``Z_C`` (context features), ``E_j < 0`` -> ``Z_M`` (memory features).
+4. Targets ``w_C = sum_{y_i=1} pi_i z_i[Z_C]`` with ``pi_i ∝ so_loss_i / (ss_loss_i + so_loss_i)`` and
+   ``w_M = sum_{y_i=0} pi_i z_i[Z_M]`` with ``pi_i ∝ ss_loss_i / (ss_loss_i + so_loss_i)`` (the prompts
+   where the model was most sure weigh most); ``alpha`` scales them at edit time.
+5. :func:`spare_hooks`, toward context: ``z- = min(alpha w_M, z)`` on ``Z_M``, ``z+ = max(alpha w_C - z, 0)``
+   on ``Z_C``, ``h' = h - z- W_dec[Z_M] + z+ W_dec[Z_C]`` at the last prompt position of every fitted layer
+   (toward memory swaps C and M). ``z`` is read with the encoder and written with decoder rows
+   (``steerlab.hooks`` explains why).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from sklearn.feature_selection import mutual_info_classif
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from steerlab.core import run as evaluate
+from steerlab.core import hooks
+from steerlab.core.text import conflict_em
+
+
+@dataclass
+class ConflictLabels:
+    """The model's own behaviour on conflict prompts (only prompts it answered with sub or org).
+
+    Attributes:
+        examples: the kept examples, in order.
+        y: ``[n]`` 1 = answered with the context value, 0 = with the memory value.
+        ss_loss: ``[n]`` -log p(context value | prompt).
+        so_loss: ``[n]`` -log p(memory value | prompt).
+        n_dropped: prompts answered with neither value.
+    """
+
+    examples: list
+    y: np.ndarray
+    ss_loss: np.ndarray
+    so_loss: np.ndarray
+    n_dropped: int
+
+
+@dataclass
+class SpareFit:
+    """SPARE's selected features and targets at one layer (feature ids index the SAE's ``d_sae`` axis).
+
+    Attributes:
+        hook_name: TransformerLens hook the SAE reads and the edit writes (e.g. ``blocks.2.hook_resid_post``).
+        mi: ``[d_sae]`` mutual information of each feature with the label.
+        context_features / memory_features: ``Z_C`` / ``Z_M``.
+        w_context / w_memory: targets ``w_C`` over ``Z_C`` and ``w_M`` over ``Z_M`` (before ``alpha``).
+        p: the cumulative-MI proportion used.
+    """
+
+    hook_name: str
+    mi: np.ndarray
+    context_features: list[int]
+    memory_features: list[int]
+    w_context: Tensor
+    w_memory: Tensor
+    p: float
+
+
+def _token_id(model: HookedTransformer, word: str) -> int:
+    return int(model.to_tokens(word, prepend_bos=False)[0, 0])
+
+
+def label_conflicts(model: HookedTransformer, examples: Sequence) -> ConflictLabels:
+    """Label conflict examples (``meta`` has ``context_value`` and ``memory_value``) by the greedy answer."""
+    logp = torch.log_softmax(evaluate.last_token_logits(model, [e.prompt for e in examples]), -1)
+    pred = logp.argmax(-1)
+    kept, y, ss, so = [], [], [], []
+    for e, lp, a in zip(examples, logp, pred.tolist()):
+        sub, org = _token_id(model, e.meta["context_value"]), _token_id(model, e.meta["memory_value"])
+        if a not in (sub, org):
+            continue
+        kept.append(e)
+        y.append(int(a == sub))
+        ss.append(-float(lp[sub]))
+        so.append(-float(lp[org]))
+    return ConflictLabels(kept, np.array(y), np.array(ss), np.array(so), len(examples) - len(kept))
+
+
+@torch.no_grad()
+def hidden_states(model: HookedTransformer, prompts: Sequence[str], hook_names: Sequence[str], position: int = -1
+                  ) -> dict[str, Float[Tensor, "batch d_model"]]:
+    """Residual stream at ``position`` (default: the last prompt position) for each hook name, in prompt order."""
+    out = {h: torch.empty(len(prompts), model.cfg.d_model) for h in hook_names}
+    for _, idx in evaluate._groups_by_length(model, prompts).items():
+        tokens = model.to_tokens([prompts[i] for i in idx])
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in out)
+        for h in out:
+            out[h][idx] = cache[h][:, position].float().cpu()
+    return out
+
+
+def select_features(z: np.ndarray, y: np.ndarray, p: float, seed: int = 0) -> tuple[np.ndarray, list[int], list[int]]:
+    """MI of each column of ``z`` ``[n, d_sae]`` with ``y``; returns (mi, Z_C, Z_M) as in the module docstring."""
+    if not 0 < p <= 1:
+        raise ValueError(f"p (cumulative-MI proportion) must lie in (0, 1] (got {p})")
+    if len(set(y.tolist())) < 2:
+        raise ValueError("SPARE needs prompts of both behaviours (y = 0 and y = 1): label more conflict prompts")
+    lo, hi = z.min(0), z.max(0)
+    scaled = (z - lo) / np.where(hi > lo, hi - lo, 1.0)
+    mi = mutual_info_classif(scaled, y, discrete_features=False, random_state=seed)
+    order = np.argsort(-mi, kind="stable")
+    cum = np.cumsum(mi[order])
+    n = int(np.searchsorted(cum, p * cum[-1], side="right")) + 1 if cum[-1] > 0 else 0
+    chosen = order[: min(n, len(order))]
+    diff = z[y == 1].mean(0) - z[y == 0].mean(0)
+    return mi, [int(j) for j in chosen if diff[j] > 0], [int(j) for j in chosen if diff[j] < 0]
+
+
+def fit_spare(labels: ConflictLabels, hidden: Float[Tensor, "batch d_model"], sae, hook_name: str, p: float,
+              seed: int = 0) -> SpareFit:
+    """Steps 2-4 at one layer: ``hidden`` holds the labelled prompts' last-position residuals."""
+    from steerlab.core.activations import encode_pre_topk
+
+    with torch.no_grad():
+        z = encode_pre_topk(sae, hidden).float()
+    y = labels.y
+    mi, zc, zm = select_features(z.numpy(), y, p, seed)
+    w = np.where(y == 1, labels.so_loss, labels.ss_loss) / (labels.ss_loss + labels.so_loss)
+    pi_c = torch.tensor(np.where(y == 1, w, 0.0) / max(w[y == 1].sum(), 1e-12), dtype=torch.float32)
+    pi_m = torch.tensor(np.where(y == 0, w, 0.0) / max(w[y == 0].sum(), 1e-12), dtype=torch.float32)
+    return SpareFit(hook_name, mi, zc, zm, pi_c @ z[:, zc], pi_m @ z[:, zm], p)
+
+
+def spare_hooks(fits: Sequence[SpareFit], saes: Mapping[str, object], alpha: float, toward: str = "context",
+                positions: str = "last_prompt") -> list[hooks.Hook]:
+    """The SPARE edit at every fitted layer (``saes`` maps hook name -> SAE); ``toward`` is context|memory."""
+    if toward not in ("context", "memory"):
+        raise ValueError(f"toward must be 'context' or 'memory' (got {toward!r})")
+    out: list[hooks.Hook] = []
+    for fit in fits:
+        sae = saes[fit.hook_name]
+        up, w_up, down, w_down = ((fit.context_features, fit.w_context, fit.memory_features, fit.w_memory)
+                                  if toward == "context" else
+                                  (fit.memory_features, fit.w_memory, fit.context_features, fit.w_context))
+        out += hooks.edit_hook(fit.hook_name, _spare_edit(sae, up, alpha * w_up, down, alpha * w_down), positions)
+    return out
+
+
+def _spare_edit(sae, up: list[int], target_up: Tensor, down: list[int], target_down: Tensor):
+    # built once per hook: one encode per forward pass reads both feature sets, decoder rows sliced here
+    read = hooks.feature_reader(sae, list(down) + list(up))
+    W_dec = sae.W_dec.detach().float()
+    W_down, W_up, n_down = W_dec[list(down)], W_dec[list(up)], len(down)
+
+    def edit(h: Float[Tensor, "batch pos d_model"]) -> Tensor:
+        z = read(h)  # both codes from the unedited h, as the authors' code does
+        z_down, z_up = z[..., :n_down], z[..., n_down:]
+        if down:
+            h = h - torch.minimum(target_down.to(h.device), z_down) @ W_down
+        if up:
+            h = h + torch.clamp(target_up.to(h.device) - z_up, min=0) @ W_up
+        return h
+
+    return edit
+
+
+def fit_layers(labels: ConflictLabels, hidden: Mapping[str, Tensor], saes: Mapping[str, object],
+               hook_names: Sequence[str], p: float, seed: int = 0) -> list[SpareFit]:
+    """:func:`fit_spare` at each hook name (``hidden`` and ``saes`` are keyed by hook name)."""
+    return [fit_spare(labels, hidden[h], saes[h], h, p, seed) for h in hook_names]
+
+
+def sweep(model: HookedTransformer, labels: ConflictLabels, hidden: Mapping[str, Tensor], saes: Mapping[str, object],
+          layer_sets: Sequence[Sequence[str]], ps: Sequence[float], alphas: Sequence[float],
+          examples: Sequence, seed: int = 0):
+    """EM_C (toward context) and EM_M (toward memory) on ``examples`` for every layer set x p x alpha.
+
+    Returns a DataFrame with columns ``layers``, ``p``, ``alpha``, ``n_context``, ``n_memory``, ``em_c``, ``em_m``.
+    """
+    import pandas as pd
+
+
+    rows = []
+    for layers in layer_sets:
+        for p in ps:
+            fits = fit_layers(labels, hidden, saes, layers, p, seed)
+            for a in alphas:
+                em_c = conflict_em(examples, evaluate.answer(model, examples, spare_hooks(fits, saes, a, "context")))[0]
+                em_m = conflict_em(examples, evaluate.answer(model, examples, spare_hooks(fits, saes, a, "memory")))[1]
+                rows.append({"layers": ",".join(h.split(".")[1] for h in layers), "p": p, "alpha": a,
+                             "n_context": sum(len(f.context_features) for f in fits),
+                             "n_memory": sum(len(f.memory_features) for f in fits), "em_c": em_c, "em_m": em_m})
+    return pd.DataFrame(rows)
