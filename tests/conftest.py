@@ -22,3 +22,11 @@ def tinyworld():
 @pytest.fixture
 def rng():
     return random.Random(0)
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """Gemma 3 270M from its registry package (built into .cache/ by `make setup`), loaded once."""
+    from steerlab.models import load_model
+
+    return load_model("gemma-3-270m")

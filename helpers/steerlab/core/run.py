@@ -16,11 +16,30 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 
+def to_tokens(model: HookedTransformer, prompts: str | Sequence[str], extra: int = 0) -> Tensor:
+    """``model.to_tokens`` that never truncates silently: a prompt whose tokens (plus ``extra`` tokens to be
+    generated) exceed the model's context ``n_ctx`` is an error that names it and its length."""
+    single = isinstance(prompts, str)
+    batch = [prompts] if single else list(prompts)
+    for p in batch:
+        n = len(model.tokenizer(p, add_special_tokens=False)["input_ids"]) + 1  # + BOS
+        if n + extra > model.cfg.n_ctx:
+            raise ValueError(f"a prompt of {n} tokens{f' plus {extra} to generate' if extra else ''} exceeds the "
+                             f"model's context of {model.cfg.n_ctx} tokens: shorten it (fewer demonstrations) or "
+                             f"use a model with a longer context. The prompt begins {p[:80]!r}")
+    return model.to_tokens(batch, truncate=False)
 
-def _groups_by_length(model: HookedTransformer, prompts: Sequence[str]) -> dict[int, list[int]]:
+
+def decode(model: HookedTransformer, ids: Sequence[int]) -> str:
+    """Token ids as the tokenizer decodes them (spaces kept: subword tokenizers join pieces, tinyworld's
+    word-level tokenizer joins words with spaces)."""
+    return model.tokenizer.decode(list(ids))
+
+
+def _groups_by_length(model: HookedTransformer, prompts: Sequence[str], extra: int = 0) -> dict[int, list[int]]:
     groups: dict[int, list[int]] = defaultdict(list)
     for i, p in enumerate(prompts):
-        groups[model.to_tokens(p).shape[1]].append(i)
+        groups[to_tokens(model, p, extra).shape[1]].append(i)
     return groups
 
 
@@ -32,7 +51,7 @@ def last_token_logits(model: HookedTransformer, prompts: Sequence[str], fwd_hook
     for _, idx in _groups_by_length(model, prompts).items():
         for s in range(0, len(idx), batch_size):
             chunk = idx[s: s + batch_size]
-            tokens = model.to_tokens([prompts[i] for i in chunk])
+            tokens = to_tokens(model, [prompts[i] for i in chunk])
             with model.hooks(fwd_hooks=list(fwd_hooks)):
                 logits = model(tokens)[:, -1]
             out[chunk] = logits.float().cpu()
@@ -40,35 +59,31 @@ def last_token_logits(model: HookedTransformer, prompts: Sequence[str], fwd_hook
 
 
 def next_words(model: HookedTransformer, prompts: Sequence[str], fwd_hooks=()) -> list[str]:
-    """The greedy next word after each prompt."""
+    """The greedy next token after each prompt, decoded (a word for tinyworld, a subword piece with its
+    leading space for a subword tokenizer)."""
     ids = last_token_logits(model, prompts, fwd_hooks).argmax(-1)
-    return [model.tokenizer.convert_ids_to_tokens(int(i)) for i in ids]
+    return [decode(model, [int(i)]) for i in ids]
 
 
 @torch.no_grad()
 def complete(model: HookedTransformer, prompts: Sequence[str], max_new_tokens: int = 16, fwd_hooks=(),
              use_cache: bool = True, batch_size: int = 256) -> list[str]:
-    """Greedy completions (the generated words only, up to ``<eos>``), in prompt order.
+    """Greedy completions (the generated text only, decoded, up to the EOS token), in prompt order.
 
     Uses ``HookedTransformer.generate``; with ``use_cache`` the KV cache is on and each hook sees one
     position per generated token, so hooks must steer every position they are given.
     """
     out: list[str] = [""] * len(prompts)
     eos = model.tokenizer.eos_token_id
-    for length, idx in _groups_by_length(model, prompts).items():
+    for length, idx in _groups_by_length(model, prompts, max_new_tokens).items():
         for s in range(0, len(idx), batch_size):
             chunk = idx[s: s + batch_size]
-            tokens = model.to_tokens([prompts[i] for i in chunk])
+            tokens = to_tokens(model, [prompts[i] for i in chunk], max_new_tokens)
             with model.hooks(fwd_hooks=list(fwd_hooks)):
                 gen = model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=True,
                                      eos_token_id=eos, use_past_kv_cache=use_cache, verbose=False)
             for row, i in zip(gen[:, length:].tolist(), chunk):
-                words = []
-                for t in row:
-                    if t == eos:
-                        break
-                    words.append(model.tokenizer.convert_ids_to_tokens(t))
-                out[i] = " ".join(words)
+                out[i] = decode(model, row[: row.index(eos)] if eos in row else row)
     return out
 
 

@@ -10,30 +10,60 @@ from pathlib import Path
 
 from transformer_lens import HookedTransformer
 
-from steerlab.models.paths import DATA_DIR
 from steerlab.models.tinyworld import TINYWORLD_DIR, load_tinyworld
 
 OFFLINE_DEFAULT = "tinyworld"
+REAL_DEFAULT = "gemma-3-270m"
+DEVICES = ("cpu", "cuda", "mps", "auto")
 
 
-def load_model(name: str = OFFLINE_DEFAULT, device: str = "cpu", **from_pretrained_kwargs) -> HookedTransformer:
-    """Load a model by name.
+def resolve_device(device: str = "cpu") -> str:
+    """``device`` checked against this machine: ``auto`` picks CUDA, then MPS, then the CPU; asking for a device
+    that is absent is an error that says so (not an assertion deep inside torch)."""
+    import torch
 
-    ``"tinyworld"`` (or a path to a tinyworld checkpoint folder) loads offline from ``data/``. Any other
-    name goes to ``HookedTransformer.from_pretrained`` (for example ``"gpt2-small"``); when the model hub
-    cannot be reached the error says so and names the offline default.
+    base = str(device).split(":")[0]
+    if base not in DEVICES:
+        raise ValueError(f"device={device!r}; use one of {DEVICES} (or 'cuda:N')")
+    if base == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if base == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} but torch sees no CUDA GPU here (torch {torch.__version__}, "
+                           f"CUDA build: {torch.version.cuda}); use device='cpu' or 'auto'")
+    if base == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device={device!r} but MPS is not available here; use device='cpu' or 'auto'")
+    return device
+
+
+def load_model(name: str = OFFLINE_DEFAULT, device: str = "cpu", dtype: str = "float32",
+               **kwargs) -> HookedTransformer:
+    """Load a model by name or path, offline.
+
+    * ``"tinyworld"`` or a tinyworld checkpoint folder (``model_cfg.json``): the shipped toy model (``data/``);
+    * ``"gemma-3-270m"``: Gemma 3 270M from its registry package (:mod:`steerlab.models.gguf`);
+    * a ``.gguf`` file: any GGUF model transformers can dequantize (``tl_name=`` when steerlab does not map
+      its architecture);
+    * a Hugging Face model folder (``config.json``): :func:`steerlab.models.hub.load_folder`;
+    * any other name: a TransformerLens name (``gpt2-small``) from the local Hugging Face cache
+      (``allow_download=True`` lets it reach the hub).
     """
-    if name == OFFLINE_DEFAULT or Path(name).is_dir():
-        model, world = load_tinyworld(TINYWORLD_DIR if name == OFFLINE_DEFAULT else name)
+    from steerlab.models import gguf, hub
+
+    device = resolve_device(device)
+    p = Path(str(name))
+    if name == OFFLINE_DEFAULT or (p.is_dir() and (p / "model_cfg.json").is_file()):
+        model, world = load_tinyworld(TINYWORLD_DIR if name == OFFLINE_DEFAULT else p)
         model.world = world
         return model.to(device)
-    try:
-        return HookedTransformer.from_pretrained(name, device=device, **from_pretrained_kwargs)
-    except (OSError, ConnectionError, RuntimeError, ValueError) as err:
-        if isinstance(err, ValueError) and "not found" in str(err).lower() and "official" in str(err).lower():
-            raise ValueError(f"{name!r} is not a model TransformerLens knows; the valid names are "
-                             "transformer_lens.loading.OFFICIAL_MODEL_NAMES (or use 'tinyworld')") from err
-        raise ConnectionError(
-            f"could not load {name!r} from the model hub ({type(err).__name__}: {err}). The hub is not "
-            f"reachable from here or the weights are not cached; use the offline default "
-            f"load_model({OFFLINE_DEFAULT!r}) or set HF_HOME to a cache that holds {name!r}.") from err
+    if name in gguf.REGISTRY:
+        return gguf.load_registry_model(name, device=device, dtype=dtype)
+    if p.suffix == ".gguf" or p.is_file():
+        return gguf.load_gguf(p, device=device, dtype=dtype, **kwargs)
+    if p.is_dir():
+        return hub.load_folder(p, device=device, dtype=dtype, **kwargs)
+    if "/" in str(name) and str(name).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"no model at {name}: not a tinyworld checkpoint folder, a model folder or a "
+                                ".gguf file")
+    return hub.load_hub(str(name), device=device, dtype=dtype, **kwargs)

@@ -6,9 +6,10 @@ The names most notebooks need are re-exported here: ``from steerlab.sae import l
 
 from steerlab.core.activations import encode_pre_topk, encoder_preactivation, fingerprint, model_fingerprint
 from steerlab.sae.codes import iter_activations, splice_hooks
-from steerlab.sae.io import (DEFAULT_LAYER, SAE_DIR, check_fits, hook_name_for, load_sae, load_saes)
+from steerlab.sae.io import (DEFAULT_LAYER, DEFAULT_LAYERS, SAE_DIR, check_fits, default_layer, hook_name_for,
+                             load_sae, load_saes, shipped_sae_dir)
 from steerlab.sae.train import ARCHITECTURES, SAETrainConfig, TrainedSAEs, load_recipe, token_rows, train_saes
 
-__all__ = ["ARCHITECTURES", "DEFAULT_LAYER", "SAE_DIR", "SAETrainConfig", "TrainedSAEs", "check_fits",
+__all__ = ["ARCHITECTURES", "DEFAULT_LAYER", "DEFAULT_LAYERS", "default_layer", "shipped_sae_dir", "SAE_DIR", "SAETrainConfig", "TrainedSAEs", "check_fits",
            "encode_pre_topk", "encoder_preactivation", "fingerprint", "hook_name_for", "iter_activations",
            "load_recipe", "load_sae", "load_saes", "model_fingerprint", "splice_hooks", "token_rows", "train_saes"]

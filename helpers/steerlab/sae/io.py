@@ -18,7 +18,23 @@ from steerlab.core.activations import model_fingerprint
 from steerlab.models.paths import DATA_DIR
 
 SAE_DIR = DATA_DIR / "saes"
-DEFAULT_LAYER = 2  # the layer whose SAE the steering stage (SPARE) uses: mid-depth, where context vs memory is read
+DEFAULT_LAYER = 2  # tinyworld's layer whose SAE the steering stage (SPARE) uses: mid-depth
+# per model: the layer of the SAE the later notebooks explain and steer by default (a middle layer)
+DEFAULT_LAYERS = {"tinyworld": DEFAULT_LAYER, "gemma-3-270m": 9}
+
+
+def default_layer(model_name: str) -> int:
+    """The default SAE layer of a model (``DEFAULT_LAYERS``; a model not listed: its middle layer is not known
+    here, so the error says to pass ``layer``)."""
+    if model_name in DEFAULT_LAYERS:
+        return DEFAULT_LAYERS[model_name]
+    raise ValueError(f"no default SAE layer for model {model_name!r}: pass layer= explicitly "
+                     f"(defaults exist for {sorted(DEFAULT_LAYERS)})")
+
+
+def shipped_sae_dir(model_name: str) -> Path:
+    """``data/saes/<model_name>``: where the SAEs steerlab ships (or notebook 01 retrains) for a model live."""
+    return SAE_DIR / model_name
 
 
 def hook_name_for(layer: int) -> str:
@@ -27,9 +43,9 @@ def hook_name_for(layer: int) -> str:
 
 
 def _folder(source: str, layer: int | None, hook_name: str | None) -> Path | None:
-    if source == "tinyworld":
-        hook = hook_name or hook_name_for(DEFAULT_LAYER if layer is None else layer)
-        return SAE_DIR / "tinyworld" / hook
+    if (SAE_DIR / source).is_dir() and "/" not in source:  # a model name: its shipped SAEs
+        hook = hook_name or hook_name_for(default_layer(source) if layer is None else layer)
+        return SAE_DIR / source / hook
     p = Path(source)
     if p.is_dir():
         return p / (hook_name or hook_name_for(layer)) if (layer is not None or hook_name) else p

@@ -1,0 +1,253 @@
+"""Bad input gets a clear error, a failed run leaves the last good one (issue 24)."""
+
+import json
+
+import nbformat
+import pytest
+import yaml
+
+from steerlab import pipeline
+from steerlab.core import runs
+
+# ------------------------------------------------------------------------------------ pipeline and run folders
+
+PARAMETERS = '''alpha = 1.0       # a float parameter
+n = 3             # an int parameter
+name = "x"        # a str parameter
+layers = [0, 1]   # a list of ints
+fail = False      # True: the notebook raises after writing its outputs
+run_dir = "runs/manual/00_tiny"  # output folder (set by the pipeline)
+profile = "manual"                # profile name (set by the pipeline)
+'''
+
+BODY = '''import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from steerlab.core import runs
+fig, ax = plt.subplots()
+ax.plot([0, 1], [0, alpha])
+runs.save_figure(fig, run_dir, "line")
+runs.write_metrics(run_dir, {"alpha": alpha, "n": n, "name": name})
+runs.write_metrics(run_dir, {"run_" + name: 1})  # a second call in one run merges
+runs.write_artefacts(run_dir, table=runs.run_path(run_dir) / "table.txt")
+if fail:
+    raise ValueError("boom in the tiny notebook")
+'''
+
+
+def _notebook(folder, stem="00_tiny", other_param=None):
+    """A tiny pipeline notebook: a parameters cell and a cell writing metrics, a figure and artefacts."""
+    nb = nbformat.v4.new_notebook()
+    params = PARAMETERS + (f"{other_param} = 0  # only this notebook has it\n" if other_param else "")
+    nb.cells = [nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(BODY)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}.ipynb"
+    nbformat.write(nb, str(path))
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """(notebook folder, runs root) holding two tiny notebooks 00_tiny and 01_other."""
+    nbs = tmp_path / "notebooks"
+    _notebook(nbs, "00_tiny")
+    _notebook(nbs, "01_other", other_param="only_here")
+    return nbs, tmp_path / "runs"
+
+
+def _profile(tmp_path, text, name="p.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_misspelt_section_is_an_error_naming_file_section_and_the_valid_ones(tiny, tmp_path):
+    nbs, _ = tiny
+    path = _profile(tmp_path, "00_tyni:\n  alpha: 2.0\n")
+    with pytest.raises(pipeline.ProfileError) as e:
+        pipeline.load_profile(path, notebook_dir=nbs)
+    msg = str(e.value)
+    assert str(path) in msg and "'00_tyni'" in msg and "did you mean '00_tiny'" in msg
+    assert "01_other" in msg and "common" in msg
+
+
+def test_misspelt_key_is_an_error_naming_file_section_key_and_the_valid_ones(tiny, tmp_path):
+    nbs, _ = tiny
+    path = _profile(tmp_path, "00_tiny:\n  alhpa: 2.0\n")
+    with pytest.raises(pipeline.ProfileError) as e:
+        pipeline.load_profile(path, notebook_dir=nbs)
+    msg = str(e.value)
+    assert str(path) in msg and "'00_tiny'" in msg and "'alhpa'" in msg and "did you mean 'alpha'" in msg
+    assert "layers" in msg and "run_dir" not in msg.split("valid:")[1]
+
+
+def test_common_key_unknown_to_every_notebook_is_an_error(tiny, tmp_path):
+    nbs, _ = tiny
+    path = _profile(tmp_path, "common:\n  sede: 1\n")
+    with pytest.raises(pipeline.ProfileError, match=r"section 'common', key 'sede': no notebook has it"):
+        pipeline.load_profile(path, notebook_dir=nbs)
+
+
+def test_common_key_goes_only_to_the_notebooks_that_have_it(tiny, tmp_path):
+    nbs, _ = tiny
+    spec = pipeline.load_profile(_profile(tmp_path, "common:\n  only_here: 5\n  n: 7\n"), notebook_dir=nbs)
+    tiny_params = pipeline.notebook_parameters(spec, nbs / "00_tiny.ipynb", "p", "somewhere")
+    other_params = pipeline.notebook_parameters(spec, nbs / "01_other.ipynb", "p", "somewhere")
+    assert "only_here" not in tiny_params and tiny_params["n"] == 7
+    assert other_params["only_here"] == 5 and other_params["n"] == 7
+
+
+def test_pipeline_set_parameters_cannot_come_from_a_profile(tiny, tmp_path):
+    nbs, _ = tiny
+    with pytest.raises(pipeline.ProfileError, match=r"key 'run_dir': run_dir is set by the pipeline"):
+        pipeline.load_profile(_profile(tmp_path, "00_tiny:\n  run_dir: elsewhere\n"), notebook_dir=nbs)
+
+
+def test_alpha_1e_minus_3_is_accepted_as_a_float(tiny, tmp_path):
+    nbs, _ = tiny
+    path = _profile(tmp_path, "00_tiny:\n  alpha: 1e-3\n")
+    assert isinstance(yaml.safe_load(path.read_text())["00_tiny"]["alpha"], str)  # YAML 1.1 reads a string
+    spec = pipeline.load_profile(path, notebook_dir=nbs)
+    assert spec["00_tiny"]["alpha"] == pytest.approx(0.001) and isinstance(spec["00_tiny"]["alpha"], float)
+    as_int = pipeline.load_profile(_profile(tmp_path, "00_tiny:\n  alpha: 2\n"), notebook_dir=nbs)
+    assert as_int["00_tiny"]["alpha"] == 2.0  # an int is fine where a float is expected
+
+
+def test_string_where_a_float_is_expected_is_rejected_naming_notebook_parameter_value_type(tiny, tmp_path):
+    nbs, _ = tiny
+    path = _profile(tmp_path, "00_tiny:\n  alpha: abc\n")
+    with pytest.raises(pipeline.ProfileError) as e:
+        pipeline.load_profile(path, notebook_dir=nbs)
+    msg = str(e.value)
+    assert str(path) in msg and "00_tiny.ipynb" in msg and "'alpha'" in msg and "'abc'" in msg
+    assert "expects a float" in msg
+
+
+def test_wrong_types_in_ints_bools_and_list_elements_are_rejected(tiny, tmp_path):
+    nbs, _ = tiny
+    path = _profile(tmp_path, "00_tiny:\n  n: 2.5\n  fail: 1\n  layers: [0, x]\n  name:\n")
+    with pytest.raises(pipeline.ProfileError) as e:
+        pipeline.load_profile(path, notebook_dir=nbs)
+    msg = str(e.value)
+    assert "4 problem(s)" in msg
+    assert "key 'n' = 2.5 is a float, but 00_tiny.ipynb expects an int" in msg
+    assert "key 'fail' = 1 is an int, but 00_tiny.ipynb expects a bool" in msg
+    assert "key 'layers'[1] = 'x' is a str, but 00_tiny.ipynb expects an int" in msg
+    assert "key 'name' has no value" in msg
+
+
+def test_duplicate_keys_are_an_error_naming_file_key_and_lines(tiny, tmp_path):
+    nbs, _ = tiny
+    path = _profile(tmp_path, "00_tiny:\n  alpha: 1.0\n  n: 2\n  alpha: 3.0\n")
+    with pytest.raises(pipeline.ProfileError) as e:
+        pipeline.load_profile(path, notebook_dir=nbs)
+    msg = str(e.value)
+    assert str(path) in msg and "line 4" in msg and "line 2" in msg and "key 'alpha' appears twice" in msg
+    assert "section '00_tiny'" in msg
+    twice = _profile(tmp_path, "00_tiny:\n  n: 1\n00_tiny:\n  n: 2\n", "q.yaml")
+    with pytest.raises(pipeline.ProfileError, match=r"line 3: top level \(sections\), key '00_tiny' appears twice"):
+        pipeline.load_profile(twice, notebook_dir=nbs)
+
+
+def test_every_shipped_profile_passes_the_checks():
+    for prof in sorted(pipeline.PARAMS_DIR.glob("*.yaml")):
+        pipeline.load_profile(prof.stem)  # raises on a problem
+
+
+def test_only_with_no_names_is_an_error(tiny, tmp_path, capsys):
+    nbs, root = tiny
+    path = _profile(tmp_path, "00_tiny:\n  n: 1\n")
+    with pytest.raises(SystemExit) as e:
+        pipeline.main(["--profile", str(path), "--notebook-dir", str(nbs), "--runs-root", str(root), "--only"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--only needs at least one notebook stem" in err and "00_tiny, 01_other" in err
+    assert not root.exists()  # nothing ran
+
+
+def test_main_exits_with_the_profile_error_before_any_notebook_runs(tiny, tmp_path):
+    nbs, root = tiny
+    path = _profile(tmp_path, "00_tiny:\n  alpha: abc\n")
+    with pytest.raises(SystemExit) as e:
+        pipeline.main(["--profile", str(path), "--notebook-dir", str(nbs), "--runs-root", str(root)])
+    assert str(path) in str(e.value.code) and "'alpha'" in str(e.value.code)
+    assert not root.exists()
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_rerun_keeps_the_last_good_run_byte_identical_and_writes_failed(tiny):
+    nbs, root = tiny
+    good = pipeline.execute(nbs / "00_tiny.ipynb", "p", {"00_tiny": {"alpha": 2.0}}, runs_root=root)
+    assert good == root / "p" / "00_tiny" / "00_tiny.ipynb"
+    before = _files(good.parent)
+    assert {"00_tiny.ipynb", "metrics.json", "line.png", "artefacts.json"} <= set(before)
+    assert runs.read_metrics(good.parent)["alpha"] == 2.0
+    # the artefact path names the final folder, not the .running one it was written from
+    assert runs.read_artefacts(good.parent)["table"] == str(root / "p" / "00_tiny" / "table.txt")
+
+    with pytest.raises(pipeline.NotebookFailed) as e:
+        pipeline.execute(nbs / "00_tiny.ipynb", "p", {"00_tiny": {"alpha": 5.0, "fail": True}}, runs_root=root)
+    failed = root / "p" / "00_tiny.failed"
+    assert e.value.failed_dir == failed and "boom in the tiny notebook" in str(e.value)
+    assert _files(good.parent) == before  # notebook, metrics, figure: byte-identical
+    assert (failed / "00_tiny.ipynb").is_file() and runs.read_metrics(failed)["alpha"] == 5.0
+    assert pipeline.last_error_line(failed) == "ValueError: boom in the tiny notebook"
+    assert not (root / "p" / "00_tiny.running").exists()
+
+    pipeline.execute(nbs / "00_tiny.ipynb", "p", {"00_tiny": {"alpha": 3.0}}, runs_root=root)
+    assert runs.read_metrics(good.parent)["alpha"] == 3.0 and not failed.exists()  # success clears the failure
+
+
+def test_metrics_are_not_merged_across_runs(tiny):
+    nbs, root = tiny
+    first = pipeline.execute(nbs / "00_tiny.ipynb", "p", {"00_tiny": {"name": "a"}}, runs_root=root)
+    assert runs.read_metrics(first.parent)["run_a"] == 1  # two write_metrics calls in one run merge
+    second = pipeline.execute(nbs / "00_tiny.ipynb", "p", {"00_tiny": {"name": "b"}}, runs_root=root)
+    metrics = runs.read_metrics(second.parent)
+    assert metrics["run_b"] == 1 and "run_a" not in metrics and metrics["name"] == "b"
+
+
+def test_index_marks_a_failed_notebook_and_the_run_stops(tiny, tmp_path, capsys):
+    nbs, root = tiny
+    ok = _profile(tmp_path, "00_tiny:\n  n: 1\n")
+    assert pipeline.main(["--profile", str(ok), "--notebook-dir", str(nbs), "--runs-root", str(root)]) == 0
+    bad = _profile(tmp_path, "00_tiny:\n  fail: true\n", "p.yaml")  # same profile name: reruns into runs/p
+    other_before = _files(root / "p" / "01_other")
+    assert pipeline.main(["--profile", str(bad), "--notebook-dir", str(nbs), "--runs-root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: ValueError: boom in the tiny notebook" in out and "not run: an earlier notebook failed" in out
+    assert "make run took" in out.splitlines()[-1]
+    assert _files(root / "p" / "01_other") == other_before  # a later notebook is not run on a failed input
+    index = (root / "p" / "index.html").read_text()
+    assert "FAILED" in index and "ValueError: boom in the tiny notebook" in index
+    assert "href='00_tiny.failed/00_tiny.html'" in index and (root / "p" / "00_tiny.failed" / "00_tiny.html").is_file()
+    assert "href='00_tiny/00_tiny.html'" in index and "href='01_other/01_other.html'" in index
+
+
+def test_headline_prefers_the_listed_keys_and_keeps_at_most_ten():
+    many = {f"m{i:02d}": i for i in range(20)}
+    assert list(pipeline.headline(many)) == [f"m{i:02d}" for i in range(10)]
+    assert list(pipeline.headline({**many, "headline": ["m15", "m03", "gone"]})) == ["m15", "m03"]
+
+
+def test_write_artefacts_is_atomic_and_read_artefacts_of_a_missing_run_is_an_error(tmp_path):
+    path = runs.write_artefacts(tmp_path / "r", a="x")
+    runs.write_artefacts(tmp_path / "r", b="y")
+    assert json.loads(path.read_text()) == {"a": "x", "b": "y"} and not list((tmp_path / "r").glob("*.tmp"))
+    with pytest.raises(FileNotFoundError, match="run that notebook first"):
+        runs.read_artefacts(tmp_path / "never_ran")
+    assert not (tmp_path / "never_ran").exists()  # reading does not create the folder
+
+
+def test_files_of_a_killed_run_never_mix_into_the_next(tiny):
+    nbs, root = tiny
+    stale = root / "p" / "00_tiny.running"
+    stale.mkdir(parents=True)
+    (stale / "metrics.json").write_text('{"stale_key": 1}')
+    out = pipeline.execute(nbs / "00_tiny.ipynb", "p", {}, runs_root=root)
+    assert "stale_key" not in runs.read_metrics(out.parent) and not stale.exists()
