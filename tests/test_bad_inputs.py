@@ -251,3 +251,86 @@ def test_files_of_a_killed_run_never_mix_into_the_next(tiny):
     (stale / "metrics.json").write_text('{"stale_key": 1}')
     out = pipeline.execute(nbs / "00_tiny.ipynb", "p", {}, runs_root=root)
     assert "stale_key" not in runs.read_metrics(out.parent) and not stale.exists()
+
+
+# ---------------------------------------------------------------------------------------------- SAEs
+import shutil as _shutil  # noqa: E402
+
+from steerlab.sae import io as sae_io  # noqa: E402
+
+SHIPPED = sae_io.SAE_DIR / "tinyworld"
+
+
+@pytest.fixture
+def sae_copy(tmp_path):
+    """A copy of the shipped tinyworld SAEs (a folder of per-hook folders with its training.json)."""
+    dst = tmp_path / "saes"
+    _shutil.copytree(SHIPPED, dst)
+    return dst
+
+
+def test_an_sae_in_the_folder_of_another_layer_is_refused(sae_copy):
+    one, two = sae_copy / "blocks.1.hook_resid_post", sae_copy / "blocks.2.hook_resid_post"
+    _shutil.rmtree(two)
+    _shutil.copytree(one, two)
+    with pytest.raises(ValueError, match=r"(?s)blocks.2.hook_resid_post reads 'blocks.1.hook_resid_post'.*"
+                                         r"asked to serve 'blocks.2.hook_resid_post'"):
+        sae_io.load_sae(sae_copy, layer=2)
+
+
+def test_an_sae_of_another_width_than_its_recipe_is_refused_without_a_model(sae_copy):
+    import json as _json
+
+    rec = sae_copy / "training.json"
+    spec = _json.loads(rec.read_text())
+    spec["config"]["d_sae"] = 1024
+    rec.write_text(_json.dumps(spec))
+    with pytest.raises(ValueError, match=r"has d_sae=512 but .*training.json says d_sae=1024"):
+        sae_io.load_sae(sae_copy, layer=2)
+
+
+def test_a_corrupt_sae_cfg_names_the_file(sae_copy):
+    cfg = sae_copy / "blocks.2.hook_resid_post" / "cfg.json"
+    cfg.write_text("{ not json")
+    with pytest.raises(ValueError, match=r"cfg.json is not valid JSON"):
+        sae_io.load_sae(sae_copy, layer=2)
+
+
+def test_truncated_sae_weights_name_the_file(sae_copy):
+    w = sae_copy / "blocks.2.hook_resid_post" / "sae_weights.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"sae_weights.safetensors is truncated or corrupt"):
+        sae_io.load_sae(sae_copy, layer=2)
+
+
+def test_sae_weights_that_disagree_with_the_cfg_name_both_files(sae_copy):
+    import json as _json
+
+    cfg = sae_copy / "blocks.2.hook_resid_post" / "cfg.json"
+    spec = _json.loads(cfg.read_text())
+    spec["d_in"] = 64
+    cfg.write_text(_json.dumps(spec))
+    with pytest.raises(ValueError, match=r"sae_weights.safetensors does not match .*cfg.json"):
+        sae_io.load_sae(sae_copy, layer=2)
+
+
+def test_a_misspelt_sae_architecture_lists_the_known_ones(sae_copy):
+    import json as _json
+
+    cfg = sae_copy / "blocks.2.hook_resid_post" / "cfg.json"
+    spec = _json.loads(cfg.read_text())
+    spec["architecture"] = "topkk"
+    cfg.write_text(_json.dumps(spec))
+    with pytest.raises(ValueError, match=r"names architecture 'topkk'.*'topk'"):
+        sae_io.load_sae(sae_copy, layer=2)
+
+
+def test_an_sae_that_does_not_fit_the_model_is_refused_on_load(sae_copy):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    other = HookedTransformer(HookedTransformerConfig(n_layers=3, d_model=64, n_ctx=16, d_head=16, n_heads=4,
+                                                      d_vocab=50, act_fn="gelu", model_name="other"))
+    with pytest.raises(ValueError, match=r"d_in=128 but 'blocks.2.hook_resid_post' of this model is 64 wide"):
+        sae_io.load_sae(sae_copy, layer=2, model=other)
+    with pytest.raises(ValueError, match=r"reads 'blocks.3.hook_resid_post', which this model does not have"):
+        sae_io.load_sae(sae_copy, layer=3, model=other)

@@ -65,10 +65,16 @@ def load_sae(source: str | Path = "tinyworld", layer: int | None = None, hook_na
 
     folder = _folder(str(source), layer, hook_name)
     if folder is not None:
-        if not (folder / "cfg.json").is_file():
-            raise FileNotFoundError(f"no SAE at {folder} (cfg.json missing); train one with "
-                                    "steerlab.sae.train_saes or notebook 01, or pick another layer/hook_name")
-        sae = SAE.load_from_disk(str(folder), device="cpu")
+        sae = read_folder(folder)
+        asked = hook_name or (hook_name_for(layer) if layer is not None else None)
+        if asked is None and (SAE_DIR / str(source)).is_dir():
+            asked = folder.name
+        got = sae.cfg.metadata.hook_name
+        if asked is not None and got is not None and got != asked:
+            raise ValueError(f"the SAE in {folder} reads {got!r}, but it was asked to serve {asked!r}: the folder "
+                             f"holds the SAE of another hook; move it to a folder named {got!r} or load it "
+                             f"with hook_name={got!r}")
+        _check_recipe(folder, sae)
     else:
         if sae_id is None:
             raise ValueError(f"{source!r} is not a folder nor 'tinyworld': for a SAELens release give sae_id= "
@@ -89,6 +95,58 @@ def load_sae(source: str | Path = "tinyworld", layer: int | None = None, hook_na
     if model is not None:
         check_fits(model, sae)
     return sae
+
+
+def read_folder(folder: str | Path):
+    """``SAE.load_from_disk`` with errors that name the file and say what is wrong (a missing or malformed
+    ``cfg.json``, an architecture SAELens does not know, truncated weights, weights that disagree with the cfg)."""
+    from safetensors import SafetensorError
+    from sae_lens import SAE
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+
+    folder = Path(folder)
+    cfg_file, weights = folder / "cfg.json", folder / "sae_weights.safetensors"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"no SAE at {folder} (cfg.json missing); train one with "
+                                "steerlab.sae.train_saes or notebook 01, or pick another layer/hook_name")
+    try:
+        spec = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_file} is not valid JSON ({err}); restore it from the training run or retrain "
+                         "the SAE (notebook 01)") from err
+    arch = spec.get("architecture")
+    if arch not in SAE_CLASS_REGISTRY:
+        raise ValueError(f"{cfg_file} names architecture {arch!r}, which SAELens does not know; use one of "
+                         f"{sorted(SAE_CLASS_REGISTRY)}")
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing: the SAE folder {folder} holds a cfg.json but no weights")
+    try:
+        return SAE.load_from_disk(str(folder), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{weights} is truncated or corrupt ({type(err).__name__}: {err}); retrain the SAE "
+                         "(notebook 01) or restore the file") from err
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{weights} does not match {cfg_file} (d_in={spec.get('d_in')}, "
+                         f"d_sae={spec.get('d_sae')}): {type(err).__name__}: {str(err)[:300]}") from err
+
+
+def _check_recipe(folder: Path, sae) -> None:
+    """An SAE in a folder of per-hook SAEs must be the one its ``training.json`` recipe describes."""
+    recipe_file = folder.parent / "training.json"
+    if not recipe_file.is_file():
+        return
+    try:
+        cfg = json.loads(recipe_file.read_text()).get("config", {})
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{recipe_file} is not valid JSON ({err})") from err
+    for key, have in (("d_sae", sae.cfg.d_sae), ("architecture", sae.cfg.architecture())):
+        want = cfg.get(key)
+        if key == "architecture" and want == "batchtopk":
+            want = "jumprelu"  # SAELens saves a BatchTopK SAE as the JumpReLU SAE it is at inference
+        if want is not None and want != have:
+            raise ValueError(f"the SAE in {folder} has {key}={have!r} but {recipe_file} says {key}={want!r}: "
+                             "the folder holds another SAE than its recipe describes; retrain (notebook 01) or "
+                             "restore the matching folder")
 
 
 def load_saes(layers=(0, 1, 2, 3), source: str | Path = "tinyworld", model=None) -> dict:
