@@ -10,6 +10,7 @@ from pathlib import Path
 
 from transformer_lens import HookedTransformer
 
+from steerlab.models.fast import speed_up
 from steerlab.models.tinyworld import TINYWORLD_DIR, load_tinyworld
 
 OFFLINE_DEFAULT = "tinyworld"
@@ -49,9 +50,13 @@ def load_model(name: str = OFFLINE_DEFAULT, device: str = "cpu", dtype: str = "f
     * any other name: a TransformerLens name (``gpt2-small``) from the local Hugging Face cache
       (``allow_download=True`` lets it reach the hub).
     """
+    device = resolve_device(device)
+    return speed_up(_load(name, device, dtype, **kwargs))
+
+
+def _load(name: str, device: str, dtype: str, **kwargs) -> HookedTransformer:
     from steerlab.models import gguf, hub
 
-    device = resolve_device(device)
     p = Path(str(name))
     if name == OFFLINE_DEFAULT or (p.is_dir() and (p / "model_cfg.json").is_file()):
         model, world = load_tinyworld(TINYWORLD_DIR if name == OFFLINE_DEFAULT else p)
