@@ -1,8 +1,11 @@
 """Running a model on prompts: batched last-token logits, next-token answers, greedy completions.
 
-Prompts are grouped by token length so every batch is unpadded (tinyworld uses absolute positions, and
-TransformerLens generation with left padding would shift them). Hooks passed as ``fwd_hooks`` are applied
-inside ``model.hooks(...)``, so they are removed even when a call fails.
+Batches: a model with rotary positions (Gemma) takes prompts of any lengths in one batch, left-padded, so every
+prompt ends at the batch's last position (steering at ``last_prompt`` and at generated positions follows the
+padding; greedy tokens equal those of unpadded one-prompt runs, tested). A model with absolute positions
+(tinyworld) would see its positions shifted by left padding, so its prompts are grouped by token length and every
+batch is unpadded. Hooks passed as ``fwd_hooks`` are applied inside ``model.hooks(...)``, so they are removed
+even when a call fails.
 """
 
 from __future__ import annotations
@@ -37,10 +40,33 @@ def decode(model: HookedTransformer, ids: Sequence[int]) -> str:
 
 
 def _groups_by_length(model: HookedTransformer, prompts: Sequence[str], extra: int = 0) -> dict[int, list[int]]:
+    """Prompt indices grouped by token length (for code that needs unpadded batches)."""
     groups: dict[int, list[int]] = defaultdict(list)
     for i, p in enumerate(prompts):
         groups[to_tokens(model, p, extra).shape[1]].append(i)
     return groups
+
+
+def pads_left(model: HookedTransformer) -> bool:
+    """Whether prompts of different lengths may share a left-padded batch (rotary positions do not shift)."""
+    return model.cfg.positional_embedding_type == "rotary"
+
+
+def batches(model: HookedTransformer, prompts: Sequence[str], batch_size: int, extra: int = 0
+            ) -> list[tuple[list[int], Tensor]]:
+    """``[(prompt indices, tokens [batch, pos])]`` covering every prompt once: left-padded batches of similar
+    lengths for a rotary model, unpadded batches of equal length otherwise (see the module docstring)."""
+    lengths = [to_tokens(model, p, extra).shape[1] for p in prompts]
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, n in enumerate(lengths):
+        groups[0 if pads_left(model) else n].append(i)
+    out = []
+    for idx in groups.values():
+        idx = sorted(idx, key=lambda i: lengths[i])
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s: s + batch_size]
+            out.append((chunk, model.to_tokens([prompts[i] for i in chunk], padding_side="left", truncate=False)))
+    return out
 
 
 @torch.no_grad()
@@ -48,13 +74,10 @@ def last_token_logits(model: HookedTransformer, prompts: Sequence[str], fwd_hook
                       ) -> Float[Tensor, "batch d_vocab"]:
     """Logits of the token after each prompt (the prompt's last position), in prompt order."""
     out = torch.empty(len(prompts), model.cfg.d_vocab)
-    for _, idx in _groups_by_length(model, prompts).items():
-        for s in range(0, len(idx), batch_size):
-            chunk = idx[s: s + batch_size]
-            tokens = to_tokens(model, [prompts[i] for i in chunk])
-            with model.hooks(fwd_hooks=list(fwd_hooks)):
-                logits = model(tokens)[:, -1]
-            out[chunk] = logits.float().cpu()
+    for chunk, tokens in batches(model, prompts, batch_size):
+        with model.hooks(fwd_hooks=list(fwd_hooks)):
+            logits = model(tokens, padding_side="left")[:, -1]
+        out[chunk] = logits.float().cpu()
     return out
 
 
@@ -75,15 +98,13 @@ def complete(model: HookedTransformer, prompts: Sequence[str], max_new_tokens: i
     """
     out: list[str] = [""] * len(prompts)
     eos = model.tokenizer.eos_token_id
-    for length, idx in _groups_by_length(model, prompts, max_new_tokens).items():
-        for s in range(0, len(idx), batch_size):
-            chunk = idx[s: s + batch_size]
-            tokens = to_tokens(model, [prompts[i] for i in chunk], max_new_tokens)
-            with model.hooks(fwd_hooks=list(fwd_hooks)):
-                gen = model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=True,
-                                     eos_token_id=eos, use_past_kv_cache=use_cache, verbose=False)
-            for row, i in zip(gen[:, length:].tolist(), chunk):
-                out[i] = decode(model, row[: row.index(eos)] if eos in row else row)
+    for chunk, tokens in batches(model, prompts, batch_size, max_new_tokens):
+        with model.hooks(fwd_hooks=list(fwd_hooks)):
+            gen = model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=True,
+                                 eos_token_id=eos, use_past_kv_cache=use_cache, verbose=False,
+                                 padding_side="left")
+        for row, i in zip(gen[:, tokens.shape[1]:].tolist(), chunk):
+            out[i] = decode(model, row[: row.index(eos)] if eos in row else row)
     return out
 
 
