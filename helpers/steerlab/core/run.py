@@ -90,7 +90,7 @@ def next_words(model: HookedTransformer, prompts: Sequence[str], fwd_hooks=()) -
 
 @torch.no_grad()
 def complete(model: HookedTransformer, prompts: Sequence[str], max_new_tokens: int = 16, fwd_hooks=(),
-             use_cache: bool = True, batch_size: int = 256) -> list[str]:
+             use_cache: bool = True, batch_size: int = 256, stop_at_eos: bool = True) -> list[str]:
     """Greedy completions (the generated text only, decoded, up to the EOS token), in prompt order.
 
     Uses ``HookedTransformer.generate``; with ``use_cache`` the KV cache is on and each hook sees one
@@ -100,11 +100,11 @@ def complete(model: HookedTransformer, prompts: Sequence[str], max_new_tokens: i
     eos = model.tokenizer.eos_token_id
     for chunk, tokens in batches(model, prompts, batch_size, max_new_tokens):
         with model.hooks(fwd_hooks=list(fwd_hooks)):
-            gen = model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=True,
+            gen = model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=stop_at_eos,
                                  eos_token_id=eos, use_past_kv_cache=use_cache, verbose=False,
                                  padding_side="left")
         for row, i in zip(gen[:, tokens.shape[1]:].tolist(), chunk):
-            out[i] = decode(model, row[: row.index(eos)] if eos in row else row)
+            out[i] = decode(model, row[: row.index(eos)] if stop_at_eos and eos in row else row)
     return out
 
 

@@ -1,0 +1,25 @@
+"""The benchmark scripts run at a tiny size, so they cannot rot (their figures come from full runs, not from here)."""
+
+import importlib.util
+import json
+
+from steerlab.models.paths import REPO_ROOT
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_generation_benchmark_runs_on_both_models(tmp_path, gemma):
+    gen = _load("generation")
+    out = tmp_path / "generation.json"
+    report = gen.main(["--models", "gemma-3-270m", "tinyworld", "--tokens", "2", "--batch", "3", "--repeats", "1",
+                       "--out", str(out)], models={"gemma-3-270m": gemma})
+    assert json.loads(out.read_text()).keys() == report.keys()
+    g = report["gemma-3-270m"]
+    for key in ("steered_vs_hf_generate_b1", "steered_vs_hf_generate_b16", "hook_overhead"):
+        assert g[key] > 0
+    assert "steered_vs_hf_generate_b1" not in report["tinyworld"] and report["tinyworld"]["hook_overhead"] > 0
