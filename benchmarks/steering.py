@@ -2,7 +2,7 @@
 
 Same prompts, one timed run each (after one untimed warm-up), with and without the KV cache. Prints
 tokens/s and the ratio steered/unsteered (target >= 0.85). The steering hook is SAE-feature amplification
-at every position (``steerlab.hooks.amplify``), the most expensive edit (an SAE encode per position).
+at every position (``steerlab.features.amplify``), the most expensive edit (an SAE encode per position).
 
     .venv/bin/python benchmarks/steering.py [--prompts 64] [--tokens 16] [--threads 1]
 """
@@ -17,7 +17,7 @@ import torch
 
 from steerlab import models
 from steerlab.core import run as evaluate
-from steerlab.core import hooks
+from steerlab.steer import features
 
 
 def _sae(model, layer: int):
@@ -51,7 +51,7 @@ def main() -> None:
     # reasoning prompts: every prompt generates the full chain, so both runs produce the same token counts
     prompts = [world.reasoning(rng).prompt for _ in range(args.prompts)]
     sae = _sae(model, args.layer)
-    steer = hooks.amplify(f"blocks.{args.layer}.hook_resid_post", sae, [0, 1, 2], 0.0)  # alpha 0: same text
+    steer = features.amplify(f"blocks.{args.layer}.hook_resid_post", sae, [0, 1, 2], 0.0)  # alpha 0: same text
     for use_cache in (True, False):
         timed(model, prompts[:4], 2, steer, use_cache)  # warm-up
         base = timed(model, prompts, args.tokens, [], use_cache)

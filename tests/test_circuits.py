@@ -10,7 +10,7 @@ from steerlab.evals import circuits as C
 from steerlab.circuits import graph as G
 from steerlab.sae import SAE_DIR
 
-from test_graph import PROMPT, _hand_graph, tiny  # noqa: F401  (fixture)
+from test_graph import PROMPT, _hand_graph, tiny, tiny_gemma  # noqa: F401  (fixtures)
 
 SHIPPED = all((SAE_DIR / "tinyworld" / f"blocks.{l}.hook_resid_post" / "cfg.json").is_file() for l in range(4))
 
@@ -72,3 +72,15 @@ def test_shipped_graphs_are_faithful_and_hold_the_source_path(tinyworld):
 def test_control_analysis_without_policies_is_none(tiny, tmp_path):  # noqa: F811
     model, saes = tiny
     assert C.control_analysis(model, saes, None, tmp_path, {}) is None
+
+
+def test_frozen_interventions_run_batched_on_a_gemma_architecture(tiny_gemma):  # noqa: F811
+    """Gemma 3's q/k norm scales flatten (batch, position, head) into one axis: freezing them for a batch of
+    ablations repeats the clean values per row; with nothing ablated the spliced model is the model."""
+    model, saes = tiny_gemma
+    g = G.build_graph(model, saes, PROMPT, cfg=G.GraphConfig(exclude_bos=True, max_n_logits=1))
+    top = G.prune(g).influence[: g.n_features].argsort(descending=True)[:3].tolist()
+    eff = C.actual_ablation_effects(model, saes, g, [-1] + top)
+    assert eff[0].abs() < 1e-8 and eff[1:].abs().max() > 0
+    live = C.actual_ablation_effects(model, saes, g, [-1] + top, freeze_attention=False)
+    assert live[0].abs() < 1e-8

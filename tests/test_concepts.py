@@ -115,3 +115,39 @@ def test_source_by_position_finds_the_latent_where_the_checks_end():
     assert t["is_concept"].sum() == 1 and t.loc[t.is_concept, "word"].item() == "."
     assert t.loc[t.is_concept, "auroc"].item() >= 0.95
     assert t["auroc"].iloc[-1] < 0.8 and t["word"].iloc[-1] == ":"
+
+
+class _TopicSuite:
+    """A suite without a world (as a real model's): topics and topic texts only."""
+
+    name = "fake"
+
+    def __init__(self, world):
+        self.world_ = world
+
+    def topics(self):
+        return {t: list(ws) for t, ws in list(TOPICS.items())[:3]}
+
+    def topic_texts(self, n, seed=0):
+        import random
+
+        rng = random.Random(seed)
+        names = list(self.topics())
+        return [self.world_.topic(rng, names[i % len(names)]) for i in range(n)]
+
+
+def test_suite_concepts_are_the_suite_topics_read_from_TOPIC_START():
+    model, world = models.load_tinyworld()
+    suite = _TopicSuite(world)
+    cs = C.concepts_of(model, suite, n=12)
+    assert [c.name for c in cs] == [f"topic:{t}" for t in sorted(suite.topics())]
+    texts = suite.topic_texts(12)
+    n_tok = [len(model.tokenizer(e.prompt, add_special_tokens=False)["input_ids"]) for e in texts]
+    assert len(cs[0].items) == sum(n - C.TOPIC_START + 1 for n in n_tok)
+    assert min(p for _, p in cs[0].items) == C.TOPIC_START  # <bos> and the first tokens never read
+    first = sorted(suite.topics())[0]
+    assert sum(cs[0].labels) == sum(n - C.TOPIC_START + 1 for e, n in zip(texts, n_tok) if e.meta["topic"] == first)
+    sae = S.load_sae(layer=S.DEFAULT_LAYER)
+    table = C.concept_table(model, sae, suite, n=12)
+    assert list(table.index) == [c.name for c in cs] and (table["kind"] == "topic").all()
+    assert table["auroc"].min() > 0.8  # tinyworld's topic features detect its topics on these texts too

@@ -171,3 +171,41 @@ def test_topic_precision_of_the_shipped_sae(tinyworld):
                                        n_corpus=(100, 300))
     assert got["n_topic_features"] > 100
     assert 0.7 <= got["mi_precision_at_10"] <= 1 and got["maxact_precision_at_10"] < got["mi_precision_at_10"] - 0.1
+
+
+def test_corpus_comes_from_the_suite_and_equals_the_world_draws(tinyworld):
+    """The max-activation corpus is the suite's topic texts then its general texts; for tinyworld that is the same
+    draws as the world's own samplers (so the tinyworld numbers do not move), whether given the suite or the world."""
+    import random
+
+    from steerlab.tasks.tinyworld import TinyworldSuite
+
+    _, world = tinyworld
+    rng, stream = random.Random(3), world.training_stream(4)
+    expected = [world.topic(rng).prompt for _ in range(5)] + [next(stream) for _ in range(6)]
+    assert explain_eval.corpus(TinyworldSuite(world), 5, 6, seed=3) == expected
+    assert explain_eval.corpus(world, 5, 6, seed=3) == expected
+
+
+def test_scores_read_decoded_subword_tokens():
+    """A subword tokenizer's decoded tokens keep their leading space and case (" Guitar"): precision, the
+    function-word share and the labeller compare them stripped and lower-cased."""
+    ex = _expl([[" Guitar", " melody", "The", " x"]])
+    lex = {"topic:music": ["guitar", "melody"]}
+    assert explain_eval.precision_at_k(ex, {0: "topic:music"}, lex, k=4).precision.tolist() == [0.5]
+    assert explain_eval.function_word_share(ex, [0], ["the"], k=4) == pytest.approx(0.25)
+    assert explain_eval.label_features(ex, lex, n=4, min_confidence=0.3).label.tolist() == ["topic:music"]
+
+
+def test_a_real_suite_explains_over_the_english_list():
+    """Without a world the explanation vocabulary is data/vocab/english_5000.txt, lexicons keep only words it
+    holds, and there are no harmful-topic lexicons (tinyworld's)."""
+    from types import SimpleNamespace
+
+    suite = SimpleNamespace(topics=lambda: {"music": ["guitar", "zzzqqq"]}, provides=lambda what: True,
+                            function_words=("the",), world=None)
+    words = explain_eval.vocabulary(suite)
+    assert len(words) >= 4000 and "the" in words
+    lex = explain_eval.default_lexicons(suite, words)
+    assert lex["topic:music"] == ["guitar"] and not any(k.startswith("harmful:") for k in lex)
+    assert "sorry" in lex["refusal"]

@@ -176,3 +176,99 @@ def test_config_and_layer_errors(tiny):
         G.GraphConfig(node_threshold=1.5)
     with pytest.raises(ValueError, match="subset"):
         G.build_graph(model, {5: saes[0]}, PROMPT)
+
+
+# ------------------------------------------------------------------------------- a tiny Gemma-3-architecture model
+@pytest.fixture(scope="module")
+def tiny_gemma():
+    """A random 3-layer model with Gemma 3's options (RMS norms before and after attention and MLP, q/k norms,
+    gated GELU MLP, rotary, local and global attention, grouped KV heads), float64, and random TopK SAEs at
+    layers 0 and 1 (so block 2 lies between the last SAE layer and the logits)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tok = load_tokenizer(TINYWORLD_DIR / "tokenizer")
+    cfg = HookedTransformerConfig(
+        n_layers=3, d_model=32, d_head=8, n_heads=4, n_key_value_heads=2, d_mlp=64, d_vocab=len(tok), n_ctx=64,
+        act_fn="gelu_pytorch_tanh", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8,
+        use_qk_norm=True, use_normalization_before_and_after=True, gated_mlp=True, final_rms=True,
+        use_local_attn=True, window_size=4, attn_types=["local", "global", "local"], rotary_base_local=10000,
+        original_architecture="Gemma3ForCausalLM", dtype=torch.float64, seed=0, default_prepend_bos=True)
+    model = HookedTransformer(cfg, tokenizer=tok)
+    torch.manual_seed(1)
+    with torch.no_grad():  # norm weights away from 1, so a missing freeze shows
+        for name, p in model.named_parameters():
+            if name.endswith(".w"):
+                p.uniform_(0.5, 1.5)
+    saes = {}
+    for l in (0, 1):
+        scfg = TopKSAEConfig(d_in=32, d_sae=48, k=6, dtype="float64", device="cpu")
+        scfg.metadata.hook_name = f"blocks.{l}.hook_resid_post"
+        saes[l] = TopKSAE(scfg).to(torch.float64)
+        with torch.no_grad():
+            saes[l].b_enc.add_(0.5)
+    return model, saes
+
+
+def test_gemma_norm_scales_are_frozen(tiny_gemma):
+    model, _ = tiny_gemma
+    names = set(G.frozen_hook_names(model))
+    for l in range(3):
+        assert {f"blocks.{l}.{n}.hook_scale" for n in ("ln1", "ln2", "ln1_post", "ln2_post", "attn.q_norm",
+                                                        "attn.k_norm")} <= names
+        assert f"blocks.{l}.attn.hook_pattern" in names
+    assert "ln_final.hook_scale" in names
+
+
+def test_graph_is_linear_on_a_gemma_architecture(tiny_gemma):
+    """Scaling one feature node's activation by (1 + eps) moves the demeaned target logit by eps times its edge, in
+    the frozen model: every attention pattern and every normalisation scale held (collected here from
+    ``hook_dict``, independently of ``frozen_hook_names``), SAE errors held, everything else recomputed."""
+    model, saes = tiny_gemma
+    g = G.build_graph(model, saes, PROMPT, cfg=G.GraphConfig(max_n_logits=1, exclude_bos=True))
+    assert not (g.active_features[:, 1] == 0).any()  # no feature node at BOS
+    tokens = torch.tensor([g.input_ids])
+    frozen = [n for n in model.hook_dict if n.endswith("hook_scale") or n.endswith("hook_pattern")]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    x1 = cache["blocks.1.hook_resid_post"][0]
+    a1 = saes[1].encode(x1)
+    a1[0] = 0.0  # BOS is error, as in the graph
+    err = x1 - saes[1].decode(a1)
+    row = g.logit_offset
+    layer1 = (g.active_features[:, 0] == 1).nonzero().flatten()
+    nodes = layer1[g.adjacency_matrix[row, layer1].abs().argsort(descending=True)[:4]].tolist()
+    eps = 1e-5
+    for i in nodes:
+        _, p, f = g.active_features[i].tolist()
+        scaled = a1.clone()
+        scaled[p, f] *= 1 + eps
+        hooks = [(n, lambda t, hook: cache[hook.name]) for n in frozen]
+        hooks.append(("blocks.1.hook_resid_post", lambda t, hook, a=scaled: (saes[1].decode(a) + err)[None]))
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            lg = model(tokens)[0, -1]
+        clean = cache["unembed.hook_out"][0, -1] if "unembed.hook_out" in cache else model(tokens)[0, -1]
+        t = g.logit_tokens[0]
+        actual = (lg[t] - lg.mean()) - (clean[t] - clean.mean())
+        predicted = eps * g.adjacency_matrix[row, i]
+        assert float(actual) == pytest.approx(float(predicted), rel=1e-3, abs=1e-12)
+
+
+def test_feature_node_cap_moves_the_rest_into_the_error_nodes(tiny):
+    model, saes = tiny
+    full = G.build_graph(model, saes, PROMPT)
+    capped = G.build_graph(model, saes, PROMPT, cfg=G.GraphConfig(max_feature_nodes=10))
+    assert capped.n_features == 2 * 10 < full.n_features  # 10 per SAE layer
+    assert (capped.active_features[:, 0] == 0).sum() == 10
+    # the logit row's total input (features + errors + tokens) is the same: the dropped features joined the errors
+    assert float(capped.adjacency_matrix[capped.logit_offset].sum()) == pytest.approx(
+        float(full.adjacency_matrix[full.logit_offset].sum()), rel=1e-4)
+
+
+def test_token_position_finds_a_text_by_decoded_offsets(tiny):
+    model, _ = tiny
+    words = ["<bos>"] + PROMPT.split()
+    assert G.token_position(model, PROMPT, "paris") == words.index("paris")
+    assert G.token_position(model, PROMPT, "the city", occurrence=0) == words.index("city")  # the first copy ...
+    assert G.token_position(model, PROMPT, "city") == len(words) - 1 - words[::-1].index("city")  # ... the last copy
+    with pytest.raises(ValueError, match="does not occur"):
+        G.token_position(model, PROMPT, "london")

@@ -4,6 +4,7 @@ from sae_lens import StandardSAE, StandardSAEConfig
 
 from steerlab.core import run as evaluate
 from steerlab.core import hooks
+from steerlab.steer import features
 from steerlab import sae as sae_mod
 
 HOOK = "blocks.1.hook_resid_post"
@@ -80,24 +81,24 @@ def test_amplify_calibrate_clamp_match_the_formulas(tinyworld):
     S = [1, 3]
     x = resid(model, [f"question : {world.entities[1]} pet ? answer :"])[0]
     z = torch.relu((x - sae.b_dec) @ sae.W_enc[:, S] + sae.b_enc[S])
-    assert torch.allclose(hooks.read_features(sae, x, S), z)
+    assert torch.allclose(features.read_features(sae, x, S), z)
     # add a known amount of feature 1 so ReLU(X S) is not all zero
     prompts = [f"question : {world.entities[1]} pet ? answer :"]
     push = hooks.add_vector(HOOK, sae.W_dec[1].detach(), 5.0)
     x = resid(model, prompts, push)[0]
-    z = hooks.read_features(sae, x, S)
+    z = features.read_features(sae, x, S)
     assert (z > 0).any()
     W = sae.W_dec[S].detach()
-    amp = resid(model, prompts, push + hooks.amplify(HOOK, sae, S, 2.0))[0]
+    amp = resid(model, prompts, push + features.amplify(HOOK, sae, S, 2.0))[0]
     assert torch.allclose(amp, x + 2.0 * z @ W, atol=1e-4)
-    cal = resid(model, prompts, push + hooks.calibrate(HOOK, sae, S, 3.0))[0]
+    cal = resid(model, prompts, push + features.calibrate(HOOK, sae, S, 3.0))[0]
     assert torch.allclose(cal, x - z @ W + 3.0 * W.mean(0), atol=1e-4)
-    cl = resid(model, prompts, push + hooks.clamp(HOOK, sae, S, 7.0))[0]
+    cl = resid(model, prompts, push + features.clamp(HOOK, sae, S, 7.0))[0]
     on = z > 0  # where the feature is active, clamping sets its read-out exactly
-    assert torch.allclose(hooks.read_features(sae, cl, S)[on], torch.full_like(z[on], 7.0), atol=1e-3)
-    assert torch.allclose(resid(model, prompts, push + hooks.amplify(HOOK, sae, S, 0.0))[0], x, atol=1e-5)
+    assert torch.allclose(features.read_features(sae, cl, S)[on], torch.full_like(z[on], 7.0), atol=1e-3)
+    assert torch.allclose(resid(model, prompts, push + features.amplify(HOOK, sae, S, 0.0))[0], x, atol=1e-5)
     with pytest.raises(ValueError, match="feature set S is empty"):
-        hooks.amplify(HOOK, sae, [], 1.0)
+        features.amplify(HOOK, sae, [], 1.0)
 
 
 def test_code_reading_leaves_features_outside_the_topk_cut_alone(tinyworld):
@@ -110,13 +111,13 @@ def test_code_reading_leaves_features_outside_the_topk_cut_alone(tinyworld):
     pre, code = sae_mod.encode_pre_topk(sae, x), sae.encode(x[None])[0]
     S = [int(i) for i in ((pre > 0) & (code == 0)).nonzero()[:2, 0]]  # scored, but cut by top-k
     assert len(S) == 2
-    assert torch.allclose(hooks.read_features(sae, x, S, read="code"), torch.zeros(2))
-    assert (hooks.read_features(sae, x, S) > 0).all()
+    assert torch.allclose(features.read_features(sae, x, S, read="code"), torch.zeros(2))
+    assert (features.read_features(sae, x, S) > 0).all()
     last = lambda edit: resid(model, prompts, edit)[0][-1]
-    assert torch.allclose(last(hooks.amplify(HOOK, sae, S, 5.0, "last_prompt", read="code")), x, atol=1e-5)
-    assert not torch.allclose(last(hooks.amplify(HOOK, sae, S, 5.0, "last_prompt")), x, atol=1e-3)
+    assert torch.allclose(last(features.amplify(HOOK, sae, S, 5.0, "last_prompt", read="code")), x, atol=1e-5)
+    assert not torch.allclose(last(features.amplify(HOOK, sae, S, 5.0, "last_prompt")), x, atol=1e-3)
     with pytest.raises(ValueError, match="read must be one of"):
-        hooks.amplify(HOOK, sae, S, 1.0, read="decoder")
+        features.amplify(HOOK, sae, S, 1.0, read="decoder")
 
 
 def test_hooks_are_removed_when_a_cell_fails(tinyworld):

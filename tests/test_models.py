@@ -88,3 +88,36 @@ def test_both_loaders_attach_the_world(tinyworld):
     assert model.world is world
     assert explain.default_words(model) == world.lexicon()
     assert explain.default_words(models.load_model("tinyworld")) == world.lexicon()
+
+
+class _FactSuite:
+    """A suite without a world (as a real model's): closed-book facts only, no refusals."""
+
+    name = "fake"
+
+    def __init__(self, world):
+        self.w = world
+
+    def facts(self, n, seed=0):
+        rng = __import__("random").Random(seed)
+        return [self.w.closed_book(rng) for _ in range(n)]
+
+    def provides(self, what):
+        return what == "facts"
+
+
+def test_suite_behaviour_measures_what_a_suite_provides_and_skips_the_rest(tinyworld):
+    from steerlab.evals import behaviour
+    from steerlab.tasks.tinyworld import TinyworldSuite
+
+    model, world = tinyworld
+    res = behaviour.suite_behaviour(model, _FactSuite(world), n=20)
+    assert set(res.table) == {"closed_book_acc", "n_facts"} and res.table["n_facts"] == 20
+    assert res.table["closed_book_acc"] >= 0.9  # the shipped model knows its facts (target 0.98 at n=200)
+    assert set(res.skipped) == {"conflicts", "mcqa", "reasoning", "requests"} and not res.targets
+    metrics = behaviour.summary(model, _FactSuite(world), res)
+    assert metrics["skipped"] == "conflicts, mcqa, reasoning, requests" and metrics["n_params"] > 0
+    tw = behaviour.suite_behaviour(model, TinyworldSuite(world), n=10)
+    assert set(tw.table) == set(behaviour_table(model, world, n=10)) and tw.targets == BEHAVIOUR_TARGETS
+    assert {"train_seconds", "retrained", "n_entities", "vocab_size", "n_params"} <= set(
+        behaviour.summary(model, TinyworldSuite(world), tw, {"train_seconds": 1.0}))

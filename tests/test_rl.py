@@ -81,7 +81,7 @@ def test_grpo_advantages_are_relative_within_each_group():
     r = rl.Rollout([], [], torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.zeros(4, dtype=torch.long),
                    torch.arange(4), torch.zeros(4, dtype=torch.long), torch.zeros(4, 2),
                    torch.ones(4, 3, dtype=torch.bool), torch.zeros(4, 1, dtype=torch.long), torch.zeros(4),
-                   torch.zeros(4))
+                   torch.zeros(4), [])
     adv = rl._advantages(r, "grpo", 2)
     assert adv[0] > 0 > adv[1]
     assert adv[2] == 0 and adv[3] == 0  # a group that agrees teaches nothing
@@ -136,3 +136,59 @@ def test_rlvr_is_reproducible_with_several_threads(tinyworld):
     moved = [not torch.equal(p, q) for p, q in zip(a.parameters(), model.parameters())]
     assert any(moved)  # training changed the weights (else equality proves nothing)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_final_answer_of_decoded_subword_text():
+    """A real model's suite: answers are decoded text after "A:" (a leading space, a newline, the next block)."""
+    from steerlab.tasks.base import Example as TaskExample
+
+    sums = TaskExample("reasoning", "Q: 61 + 48 =\nA:", "109", {"result": 109}, max_new_tokens=4)
+    assert rl_eval.final_answer(sums, " 109\n\nQ:") == "109"
+    assert rl_eval.final_answer(sums, " about\n") == ""
+    fact = TaskExample("conflict", "Q: Who invented the battery?\nA:", "Alessandro Volta")
+    assert rl_eval.final_answer(fact, " Alessandro Volta\n\nContext:") == "Alessandro"
+    reward = rl_eval.first_word_reward("Paris")
+    assert reward(fact, " Paris\n\nQ:") == 1.0 and reward(fact, " Lyon, Paris") == 0.0
+
+
+class _Suite:
+    """A stand-in for a real model's suite: conflicts by split and arithmetic, no world."""
+
+    def conflicts(self, n, seed=0, split="eval"):
+        from steerlab.tasks.base import Example as TaskExample
+
+        return [TaskExample("conflict", f"{split} {seed} {i}", "ctx", {"context_value": "ctx", "memory_value": "mem"})
+                for i in range(n)]
+
+    def reasoning(self, n, seed=0):
+        from steerlab.tasks.base import Example as TaskExample
+
+        return [TaskExample("reasoning", f"sum {seed} {i}", "3", {"result": 3}) for i in range(n)]
+
+
+def test_control_settings_of_a_real_suite_train_and_evaluate_on_disjoint_prompts():
+    settings = rl_eval.control_settings(_Suite(), n_eval=5, seed=0, n_train=20)
+    assert list(settings) == ["conflict", "reasoning"]
+    conflict = settings["conflict"]
+    assert len(conflict.heldout) == 5 and all(e.prompt.startswith("eval") for e in conflict.heldout)
+    rng = random.Random(0)
+    assert all(conflict.sampler(rng).prompt.startswith("fit") for _ in range(10))  # trained on the fit split
+    held = {e.prompt for e in settings["reasoning"].heldout}
+    assert not held & {settings["reasoning"].sampler(rng).prompt for _ in range(50)}
+
+
+def test_control_settings_of_tinyworld_are_the_three_heldout_settings(tiny):
+    model, world = tiny
+    from steerlab.tasks.tinyworld import TinyworldSuite
+
+    settings = rl_eval.control_settings(TinyworldSuite(world), n_eval=6)
+    assert list(settings) == ["mcqa_single", "mcqa_multi", "reasoning"]
+    assert [e.prompt for e in settings["reasoning"].heldout] == [e.prompt for e in world.eval_sets(6)["reasoning_heldout"]]
+
+
+def test_single_token_words_and_the_summary(tiny):
+    model, world = tiny
+    words, ids = rl_eval.single_token_words(model, ["paris", "paris", "paris tokyo"])
+    assert words == ["paris"] and ids == [model.tokenizer.convert_tokens_to_ids("paris")]
+    m = rl_eval.summary({"s": ({"base": 0.5, "crl": 0.75}, {"crl": ["a"], "base": ["b"]})}, {"x": 1}, coef=2.0)
+    assert m == {"s_base_acc": 0.5, "s_crl_acc": 0.75, "x": 1, "coef": 2.0}  # no RLVR: no agreement key

@@ -5,6 +5,7 @@ import torch
 
 from steerlab import models
 from steerlab import sae as S
+from steerlab.sae.train import harvest
 
 torch.set_num_threads(1)
 
@@ -19,14 +20,14 @@ def trained(tw, tmp_path_factory):
     model, world = tw
     cfg = S.SAETrainConfig(layers=(0, 1), d_sae=64, k=8, training_tokens=24576, batch_tokens=512,
                            n_batches_in_buffer=64, log_every=2, lr=5e-3)
-    rows = S.token_rows(world, model.tokenizer, 600, cfg.context_size, seed=3)
+    rows = S.token_rows(world.training_stream(3), model.tokenizer, 600, cfg.context_size)
     out = tmp_path_factory.mktemp("saes")
     return S.train_saes(model, rows, cfg, out), out
 
 
 def test_token_rows_layout(tw):
     model, world = tw
-    rows = S.token_rows(world, model.tokenizer, 5, 24)
+    rows = S.token_rows(world.training_stream(0), model.tokenizer, 5, 24)
     assert rows.shape == (5, 24)
     assert (rows[:, 0] == model.tokenizer.bos_token_id).all()
     text = next(world.training_stream(0)).split()
@@ -125,3 +126,119 @@ def test_bad_inputs_say_what_to_fix(trained, tw):
 def test_pretrained_release_offline_error():
     with pytest.raises((ConnectionError, ValueError), match="offline default|pretrained_saes.yaml"):
         S.load_sae("gpt2-small-res-jb", sae_id="blocks.0.hook_resid_pre")
+
+
+# ---------------------------------------------------------------------------- any model: a subword tokenizer
+_CORPUS = ["the weather in the mountains turned cold overnight", "a recipe needs flour, butter and patience",
+           "sparse autoencoders rewrite activations as few latents", "the orchestra tuned before the concert began",
+           "interest rates rose and the markets fell sharply", "planets orbit the sun on elliptical paths"] * 4
+
+
+@pytest.fixture(scope="module")
+def subword(tmp_path_factory):
+    """A 2-layer HookedTransformer with a BPE tokenizer (subwords, not one token per word) and a residual stream
+    scaled far from norm sqrt(d_model), as a real model's is."""
+    from tokenizers import Tokenizer, models as tkm, pre_tokenizers, trainers, decoders
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(tkm.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(_CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<bos>", "<eos>", "<unk>"],
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    folder = tmp_path_factory.mktemp("tok")
+    PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)  # reloaded: TL 3.x fails on an in-memory tokenizer (ECOSYSTEM)
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_ctx=64, d_head=8, n_heads=4, d_vocab=len(tok),
+                                  act_fn="gelu", normalization_type="LN", seed=0)
+    model = HookedTransformer(cfg, tokenizer=tok, default_padding_side="right")
+    with torch.no_grad():
+        model.W_E.mul_(40.0)  # residual norms ~40x a unit-scale init
+    return model
+
+
+def test_token_rows_on_a_subword_tokenizer(subword):
+    tok = subword.tokenizer
+    text = "sparse autoencoders rewrite activations"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > len(text.split())  # subwords: more tokens than words
+    rows = S.token_rows([text, "the orchestra"], tok, 2, 48)
+    assert rows.shape == (2, 48) and (rows[:, 0] == tok.bos_token_id).all()
+    assert rows[0, 1: 1 + len(ids)].tolist() == ids and (rows[0, 1 + len(ids):] == tok.pad_token_id).all()
+    assert tok.decode(rows[0, 1: 1 + len(ids)].tolist()) == text
+    packed = S.token_rows(_CORPUS, tok, 3, 16, pack=True)
+    assert (packed[:, 0] == tok.bos_token_id).all() and not (packed == tok.pad_token_id).any()
+    flat = sum((tok(t, add_special_tokens=False)["input_ids"] + tok("\n\n", add_special_tokens=False)["input_ids"]
+                for t in _CORPUS), [])
+    assert packed[:, 1:].flatten().tolist() == flat[: 3 * 15]  # the text continues from row to row
+    with pytest.raises(ValueError, match="ran out"):
+        S.token_rows(["a b"], tok, 2, 8)
+
+
+def test_dashboards_decode_subword_tokens_with_spaces(subword):
+    from steerlab.viz import dashboards as viz
+
+    tok = subword.tokenizer
+    ids = [tok.bos_token_id] + tok("the orchestra tuned", add_special_tokens=False)["input_ids"]
+    pieces = viz.token_strings(tok, ids)
+    assert len(pieces) == len(ids) and pieces[0] == "<bos>"
+    assert "".join(pieces[1:]) == "the orchestra tuned"  # spaces kept, no byte-level "Ġ" markers
+    assert not any("Ġ" in p for p in pieces)
+
+
+def test_normalised_training_saves_an_sae_for_raw_activations(subword, tmp_path):
+    rows = S.token_rows(_CORPUS * 8, subword.tokenizer, 150, 24, pack=True)
+    cfg = S.SAETrainConfig(layers=(0,), d_sae=64, k=8, training_tokens=12288, batch_tokens=256, context_size=24,
+                           n_batches_in_buffer=16, lr=5e-3, log_every=4, normalize_activations="expected_average_only_in",
+                           b_dec_init="mean")
+    res = S.train_saes(subword, rows, cfg, tmp_path)
+    scale = res.curves[0]["scaling_factor"]
+    assert scale < 0.2  # the residual is far from norm sqrt(d_model): the factor really rescales
+    sae = S.load_sae(tmp_path, layer=0, model=subword)
+    assert sae.cfg.normalize_activations == "none"  # folded into the weights, not applied at run time
+    acts = harvest(subword, rows[:40], (0,))[0]
+    recon = sae.decode(sae.encode(acts)).detach()
+    assert recon.norm(dim=-1).mean() == pytest.approx(float(acts.norm(dim=-1).mean()), rel=0.15)  # raw scale
+    ev = 1 - ((recon - acts) ** 2).sum() / ((acts - acts.mean(0)) ** 2).sum()
+    assert ev > 0.5
+    from steerlab.sae.metrics import reconstruction_stats
+
+    assert reconstruction_stats(sae, subword, rows[:40]).explained_variance == pytest.approx(float(ev), abs=1e-4)
+    with pytest.raises(ValueError, match="normalize_activations"):
+        S.SAETrainConfig(normalize_activations="layer_norm")
+
+
+def test_harvest_drops_position_0_bos_and_pad(subword):
+    tok = subword.tokenizer
+    rows = S.token_rows(["the weather", "a recipe needs flour"], tok, 2, 12)
+    real = int((~torch.isin(rows, torch.tensor([tok.bos_token_id, tok.pad_token_id]))).sum())
+    acts = harvest(subword, rows, (0, 1))
+    assert acts[0].shape == acts[1].shape == (real, 32)
+    _, cache = subword.run_with_cache(rows, names_filter="blocks.1.hook_resid_post")
+    assert torch.allclose(acts[1][0], cache["blocks.1.hook_resid_post"][0, 1])
+
+
+def test_a_huge_bos_activation_does_not_move_explained_variance(tw):
+    """Gemma's first position has a residual norm ~13x the others: every statistic must leave it out."""
+    from steerlab.sae.metrics import reconstruction_stats
+
+    model, world = tw
+    sae = S.load_sae(layer=S.DEFAULT_LAYER, model=model)
+    rows = S.token_rows(world.training_stream(4), model.tokenizer, 40, 24)
+    base = reconstruction_stats(sae, model, rows)
+
+    def blow_up(x, hook):
+        x = x.clone()
+        x[:, 0] *= 1000.0
+        return x
+
+    with model.hooks(fwd_hooks=[(sae.cfg.metadata.hook_name, blow_up)]):
+        huge = reconstruction_stats(sae, model, rows)
+        no_bos_id = rows.clone()
+        no_bos_id[:, 0] = rows[0, 1]  # position 0 without the <bos> id: excluded by position, not by id
+        by_pos = reconstruction_stats(sae, model, no_bos_id)
+    assert huge.explained_variance == pytest.approx(base.explained_variance, abs=1e-6)
+    assert huge.n_tokens == base.n_tokens == by_pos.n_tokens
+    assert by_pos.explained_variance > 0.5

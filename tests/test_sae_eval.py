@@ -17,7 +17,7 @@ def tw():
 @pytest.fixture(scope="module")
 def rows(tw):
     model, world = tw
-    return S.token_rows(world, model.tokenizer, 48, 24, seed=5)
+    return S.token_rows(world.training_stream(5), model.tokenizer, 48, 24)
 
 
 def _identity_sae(model, layer=1):

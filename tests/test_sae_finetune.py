@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def rows(tinyworld):
     model, world = tinyworld
-    return S.token_rows(world, model.tokenizer, 640, 28, seed=21)
+    return S.token_rows(world.training_stream(21), model.tokenizer, 640, 28)
 
 
 def test_decoder_kl_finetuning_lowers_kl_and_keeps_the_code(tinyworld, rows, tmp_path):
@@ -26,7 +26,7 @@ def test_decoder_kl_finetuning_lowers_kl_and_keeps_the_code(tinyworld, rows, tmp
         norms = sae.W_dec.norm(dim=-1, keepdim=True)
         noisy = sae.W_dec + 0.6 * norms * torch.randn(sae.W_dec.shape, generator=torch.Generator().manual_seed(0)) / 11
         sae.W_dec.copy_(noisy * norms / noisy.norm(dim=-1, keepdim=True))
-    held = S.token_rows(world, model.tokenizer, 200, 24, seed=22)
+    held = S.token_rows(world.training_stream(22), model.tokenizer, 200, 24)
     before = E.downstream_loss(sae, model, held)["kl_to_clean"]
     x = next(S.iter_activations(model, held[:50], sae.cfg.metadata.hook_name))
     code = sae.encode(x).detach().clone()

@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -5,7 +6,9 @@ import torch
 from steerlab import sae as sae_mod
 from steerlab.core import run as evaluate
 from steerlab.core import hooks
+from steerlab.steer import features
 from steerlab.evals import steering
+from steerlab.steer import registry, spare
 from steerlab.world import Example
 from test_hooks import HOOK, tiny_sae
 
@@ -83,7 +86,7 @@ def test_locally_saved_sae_runs_the_real_model_code_path(tinyworld, rng, tmp_pat
     sae = sae_mod.load_sae(tmp_path, hook_name=HOOK, model=model)
     harm = [world.request(rng, True, True, 1) for _ in range(4)]
     ben = [world.request(rng, False) for _ in range(4)]
-    rates = steering.request_rates(model, harm, ben, hooks.amplify(HOOK, sae, [0, 1], 0.0))
+    rates = steering.request_rates(model, harm, ben, features.amplify(HOOK, sae, [0, 1], 0.0))
     assert rates == steering.request_rates(model, harm, ben)  # alpha 0 changes nothing
     df = steering.defence_sweep(model, HOOK, sae, [0, 1], [50.0], [50.0], harm, ben, reads=("encoder", "code"))
     assert list(df.method) == ["none", "amplify", "calibrate", "amplify", "calibrate"]
@@ -150,3 +153,124 @@ def test_checks_end_edit_reaches_the_output_without_flipping_the_answer(tinyworl
     assert (t.em_c - base[0]).abs().max() <= 0.05 and (t.em_m - base[1]).abs().max() <= 0.05
     with pytest.raises(ValueError, match="context and from memory"):
         steering.checks_end_edit(model, fit, [True] * len(fit), conflict, [HOOK])
+
+
+# ---------------------------------------------------------------------------------------------- the registry
+def hand_sae():
+    """An untied SAE with non-zero biases whose codes are worked out by hand in the tests below:
+    for x = [1.1, 0.8, 0.3]: x - b_dec = [1, 1, 0]; (x - b_dec) W_enc = [1, 1]; + b_enc -> z = [0.5, 1.25]."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    sae = StandardSAE(StandardSAEConfig(d_in=3, d_sae=2))
+    sae.load_state_dict({"W_enc": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]),
+                         "b_enc": torch.tensor([-0.5, 0.25]),
+                         "W_dec": torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, -1.0]]),
+                         "b_dec": torch.tensor([0.1, -0.2, 0.3])})
+    sae.cfg.metadata.hook_name = "h"
+    return sae
+
+
+X = torch.tensor([[[0.0, 0.0, 0.0], [1.1, 0.8, 0.3]]])  # [batch 1, pos 2, d 3]; position 1 is the worked example
+
+
+def apply(fwd_hooks, x=X):
+    """Run a hook list on ``x`` as one prompt pass: the tracker first, then the edit(s)."""
+    for name, fn in fwd_hooks:
+        out = fn(x, None)
+        if name != hooks.TRACK_HOOK and out is not None:
+            x = out
+    return x
+
+
+def test_feature_reading_is_the_encoder_with_both_biases():
+    assert torch.allclose(features.read_features(hand_sae(), X[0, 1], [0, 1]), torch.tensor([0.5, 1.25]))
+    # a tied reading (x @ W_dec^T) would give [2.7, 0.5]: the test tells the two apart
+    assert not torch.allclose(X[0, 1] @ hand_sae().W_dec.detach().T, torch.tensor([0.5, 1.25]))
+
+
+@pytest.mark.parametrize("name, cfg, strength, expected", [
+    # amplify, alpha 2: x + 2 (0.5 [1, 2, 0] + 1.25 [0, 1, -1]) = x + [1, 4.5, -2.5]
+    ("amplify", {"features": [0, 1]}, 2.0, [2.1, 5.3, -2.2]),
+    # amplify S = {1}, alpha 1: x + 1.25 [0, 1, -1]
+    ("amplify", {"features": [1]}, 1.0, [1.1, 2.05, -0.95]),
+    # calibrate, beta 3: x - [0.5, 2.25, -1.25] + 3 mean([1, 2, 0], [0, 1, -1]) = x - [.5, 2.25, -1.25] + [1.5, 4.5, -1.5]
+    ("calibrate", {"features": [0, 1]}, 3.0, [2.1, 3.05, 0.05]),
+    # clamp to 2: x + 1.5 [1, 2, 0] + 0.75 [0, 1, -1]
+    ("clamp", {"features": [0, 1]}, 2.0, [2.6, 4.55, -0.45]),
+    # add 0.5 of each: x + 0.5 [1, 3, -1]
+    ("add", {"features": [0, 1]}, 0.5, [1.6, 2.3, -0.2]),
+    # vectors, v = [1, -1, 2]: x + s v
+    ("actadd", {"vector": torch.tensor([1.0, -1.0, 2.0])}, -0.5, [0.6, 1.3, -0.7]),
+    ("meandiff", {"vector": torch.tensor([1.0, -1.0, 2.0])}, 2.0, [3.1, -1.2, 4.3]),
+    # learned: a negative strength uses the negative vector, scaled by |s|
+    ("learned", {"vector": torch.tensor([1.0, -1.0, 2.0]), "negative": torch.tensor([0.0, 1.0, 0.0])}, -2.0,
+     [1.1, 2.8, 0.3]),
+])
+def test_registered_edits_match_their_formulas_by_hand(name, cfg, strength, expected):
+    positions = "all" if name in ("amplify", "calibrate", "clamp", "add") else "last_prompt"
+    sae = hand_sae()
+    method = registry.build(name, None, {"h": sae}, hook_name="h", positions=positions, **cfg)
+    out = apply(method.hooks(strength))
+    assert torch.allclose(out[0, 1], torch.tensor(expected), atol=1e-5), out[0, 1]
+    if positions == "last_prompt":
+        assert torch.equal(out[0, 0], X[0, 0])  # only the last prompt position is edited
+
+
+def test_spare_through_the_registry_matches_the_formula_by_hand():
+    """Z_C = {0} (target w_C = 2), Z_M = {1} (w_M = 0.5), alpha 2, z = [0.5, 1.25].
+    Toward context: z- = min(2 * 0.5, 1.25) = 1 on Z_M, z+ = max(2 * 2 - 0.5, 0) = 3.5 on Z_C:
+    x - 1 [0, 1, -1] + 3.5 [1, 2, 0] = [4.6, 6.8, 1.3]. Toward memory: z+ = max(1 - 1.25, 0) = 0 on Z_M,
+    z- = min(4, 0.5) = 0.5 on Z_C: x - 0.5 [1, 2, 0] = [0.6, -0.2, 0.3]."""
+    fit = spare.SpareFit("h", np.zeros(2), [0], [1], torch.tensor([2.0]), torch.tensor([0.5]), 0.1)
+    method = registry.build("spare", None, {"h": hand_sae()}, fits=[fit])
+    assert torch.allclose(apply(method.hooks(2.0))[0, 1], torch.tensor([4.6, 6.8, 1.3]), atol=1e-5)
+    assert torch.allclose(apply(method.hooks(-2.0))[0, 1], torch.tensor([0.6, -0.2, 0.3]), atol=1e-5)
+    assert torch.equal(apply(method.hooks(2.0))[0, 0], X[0, 0])
+
+
+def test_registry_lists_every_method_and_validates_configs():
+    assert registry.names() == ["none", "amplify", "calibrate", "clamp", "add", "actadd", "meandiff", "learned",
+                                "spare", "cad", "icl"]
+    assert registry.names("features") == ["amplify", "calibrate", "clamp", "add"]
+    assert registry.names("decoding") == ["cad", "icl"]
+    assert registry.build("none").hooks(5.0) == []
+    assert registry.build("cad", None, free_prompt=lambda e: e.prompt).hooks(1.0) == []  # decoding: no hooks
+    with pytest.raises(ValueError, match="feature set S is empty"):
+        registry.build("amplify", None, {"h": hand_sae()}, hook_name="h", features=[])
+    with pytest.raises(ValueError, match="read must be one of"):
+        registry.build("amplify", None, {"h": hand_sae()}, hook_name="h", features=[0], read="decoder")
+    with pytest.raises(ValueError, match="positions must be one of"):
+        registry.build("actadd", None, hook_name="h", vector=torch.zeros(3), positions="first")
+    with pytest.raises(KeyError, match="no steering method"):
+        registry.build("telepathy")
+    with pytest.raises(KeyError, match="no SAE for"):
+        registry.build("amplify", None, {}, hook_name="h", features=[0]).hooks(1.0)
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("amplify", registry.Amplify, registry.FeatureConfig)
+
+
+def test_greedy_decoder_matches_core_answer_with_and_without_steering(tinyworld, rng):
+    """steer.decoding.greedy (no KV cache, last-position unembedding) gives core.run.answer's answers, steered
+    at the last prompt position and at generated positions alike."""
+    from steerlab.steer import decoding
+
+    model, world = tinyworld
+    examples = [world.open_book(rng, "report", True) for _ in range(4)] + [world.reasoning(rng) for _ in range(3)]
+    assert decoding.greedy(model, examples) == evaluate.answer(model, examples)
+    sae = tiny_sae(d_sae=16)
+    for positions in ("last_prompt", "generated", "all"):
+        steer = features.add(HOOK, sae, [0, 1], 8.0, positions)
+        assert decoding.greedy(model, examples, steer) == evaluate.answer(model, examples, steer)
+
+
+def test_cad_contrasts_every_generated_step(tinyworld, rng):
+    """Multi-token CAD: with a = -1 every step is the context-free prompt's own greedy step, so the whole answer is
+    the closed-book completion; with a = 0 it is the plain answer."""
+    from steerlab.steer import decoding
+
+    model, world = tinyworld
+    examples = [world.reasoning(rng) for _ in range(3)]
+    other = [world.reasoning(rng) for _ in range(3)]
+    free = {e.prompt: o.prompt for e, o in zip(examples, other)}
+    assert decoding.cad(model, examples, lambda e: free[e.prompt], -1.0) == decoding.greedy(model, other)
+    assert decoding.cad(model, examples, lambda e: free[e.prompt], 0.0) == decoding.greedy(model, examples)

@@ -11,7 +11,7 @@ from control_fixtures import tiny_model, tiny_sae
 
 from steerlab import control
 from steerlab.evals import control as rl_eval
-from steerlab.control import universality
+from steerlab.evals import universality
 from steerlab.world import score
 
 

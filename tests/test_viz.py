@@ -37,7 +37,7 @@ def test_page_embeds_the_script_once():
 def test_dashboard_parts():
     model, world = models.load_tinyworld()
     sae = S.load_sae(layer=S.DEFAULT_LAYER)
-    rows = S.token_rows(world, model.tokenizer, 30, 24, seed=9)
+    rows = S.token_rows(world.training_stream(9), model.tokenizer, 30, 24)
     acts = viz.feature_acts(model, sae, rows)
     assert acts.shape == (30, 24, sae.cfg.d_sae)
     assert (acts[:, 0] == 0).all() and (acts[rows == 0] == 0).all()  # <bos> and <pad> masked

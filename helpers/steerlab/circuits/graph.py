@@ -44,10 +44,16 @@ class GraphConfig:
     demean_logits: bool = True  # target = logit - mean logit (circuit-tracer), else the raw logit
     node_threshold: float = 0.8  # keep the nodes holding this share of cumulative influence
     edge_threshold: float = 0.98  # keep the edges holding this share of cumulative edge influence
+    max_feature_nodes: int = 0  # at most this many feature nodes per SAE layer (largest activation x decoder norm
+    # first; the rest are folded into their (layer, position) error node, so the graph stays exact); 0: every one
+    exclude_bos: bool = False  # True: no feature nodes at position 0 (BOS: Gemma's residual norm there is ~13x
+    # the others', so its SAE code is meaningless); its SAE reconstruction is folded into the BOS error node
 
     def __post_init__(self) -> None:
         if min(self.batch_size, self.max_n_logits, self.max_batch_tokens) < 1:
             raise ValueError("GraphConfig.batch_size, max_batch_tokens and max_n_logits must be at least 1")
+        if self.max_feature_nodes < 0:
+            raise ValueError(f"GraphConfig.max_feature_nodes must be >= 0 (0 = no cap; got {self.max_feature_nodes})")
         for name in ("desired_logit_prob", "node_threshold", "edge_threshold"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"GraphConfig.{name} must lie in (0, 1] (got {getattr(self, name)})")
@@ -111,10 +117,11 @@ class AttributionGraph:
 
 # ----------------------------------------------------------------------------------------------- building
 def frozen_hook_names(model: HookedTransformer) -> list[str]:
-    """The hook points the graph treats as constants: attention patterns and LayerNorm scales."""
+    """The hook points the graph treats as constants: every attention pattern and every normalisation scale the
+    architecture has (every hook whose name ends in ``hook_scale``: ``ln1``, ``ln2``, ``ln_final`` and, in
+    Gemma 3, also ``ln1_post``, ``ln2_post``, ``attn.q_norm`` and ``attn.k_norm``)."""
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
-    names += [f"blocks.{l}.ln{i}.hook_scale" for l in range(model.cfg.n_layers) for i in (1, 2)]
-    return names + ["ln_final.hook_scale"]
+    return names + [n for n in model.hook_dict if n.endswith("hook_scale")]
 
 
 def _freeze_hooks(model: HookedTransformer) -> list:
@@ -161,7 +168,7 @@ def _segment_grads(model, x_src: Tensor, start: int, stop: int, target_fn, targe
     the segment output ``y`` [b, prefix, d] and target indices ``rows`` to the [b] target values.
     Returns ([n_targets, pos, d_model] gradients, zero beyond each prefix; number of backward passes)."""
     n = len(target_pos)
-    grads, n_bwd, s = torch.zeros(n, *x_src.shape), 0, 0
+    grads, n_bwd, s = torch.zeros(n, *x_src.shape, dtype=x_src.dtype), 0, 0
     while s < n:
         prefix = int(target_pos[min(s + batch, n) - 1]) + 1
         e = min(n, s + max(1, min(batch, max_tokens // prefix)))
@@ -190,6 +197,24 @@ def _prompt_activations(model: HookedTransformer, saes: Mapping[int, object], la
     return logits, cache["blocks.0.hook_resid_pre"][0], xs, acts, errs
 
 
+def _feature_nodes(saes: Mapping[int, object], acts: Mapping[int, Tensor], cfg: GraphConfig) -> dict[int, Tensor]:
+    """The activations that become feature nodes: ``acts`` without position 0 (``cfg.exclude_bos``) and, with
+    ``cfg.max_feature_nodes``, at each layer only the largest ``activation x decoder-row norm`` over positions
+    (per layer, since residual norms, and so activations, grow with depth)."""
+    kept = {l: a.clone() for l, a in acts.items()}
+    if cfg.exclude_bos:
+        for a in kept.values():
+            a[0] = 0.0
+    if cfg.max_feature_nodes:
+        for l, a in kept.items():
+            score = (a * decoder_directions(saes[l]).norm(dim=-1)).flatten()
+            if int((score > 0).sum()) > cfg.max_feature_nodes:
+                drop = torch.ones_like(score, dtype=torch.bool)
+                drop[score.topk(cfg.max_feature_nodes).indices] = False
+                a.view(-1)[drop] = 0.0
+    return kept
+
+
 def build_graph(model: HookedTransformer, saes: Mapping[int, object], prompt: str,
                 targets: Sequence[int | str] | None = None, cfg: GraphConfig | None = None,
                 fwd_hooks=()) -> AttributionGraph:
@@ -210,7 +235,10 @@ def build_graph(model: HookedTransformer, saes: Mapping[int, object], prompt: st
     for l in layers:
         _check_sae(saes[l], l)
     tokens = model.to_tokens(prompt)
-    logits, x_emb, xs, acts, errs = _prompt_activations(model, saes, layers, tokens, fwd_hooks)
+    logits, x_emb, xs, all_acts, _ = _prompt_activations(model, saes, layers, tokens, fwd_hooks)
+    acts = _feature_nodes(saes, all_acts, cfg)
+    with torch.no_grad():  # what the feature nodes do not carry (SAE error, BOS, capped features) is the error node
+        errs = {l: xs[l] - saes[l].decode(acts[l]) for l in layers}
     if targets is not None:
         targets = [t if isinstance(t, int) else model.to_single_token(t) for t in targets]
     logit_tokens, logit_probs, given = _logit_targets(logits[0, -1], cfg, targets)
@@ -218,7 +246,7 @@ def build_graph(model: HookedTransformer, saes: Mapping[int, object], prompt: st
     active = {l: acts[l].nonzero() for l in layers}  # [n_l, 2] (pos, feature), sorted
     feats = torch.cat([torch.cat([torch.full((len(active[l]), 1), l), active[l]], 1) for l in layers])
     values = torch.cat([acts[l][active[l][:, 0], active[l][:, 1]] for l in layers])
-    by_pos = torch.cat([acts[l][:, active[l][:, 1]].T for l in layers])
+    by_pos = torch.cat([all_acts[l][:, active[l][:, 1]].T for l in layers])
     F, P, nL, nT = len(feats), tokens.shape[1], len(layers), len(logit_tokens)
     offsets = torch.tensor([0] + [len(active[l]) for l in layers]).cumsum(0)
     A = torch.zeros(F + (nL + 1) * P + nT, F + (nL + 1) * P + nT)
@@ -228,16 +256,16 @@ def build_graph(model: HookedTransformer, saes: Mapping[int, object], prompt: st
         """Write the edges into target ``rows`` from the sources of SAE layer index ``j_src`` (None: embeddings)."""
         if j_src is None:
             tok0 = F + nL * P
-            A[rows, tok0: tok0 + P] = torch.einsum("bpd,pd->bp", grads, x_emb)
+            A[rows, tok0: tok0 + P] = torch.einsum("bpd,pd->bp", grads, x_emb).to(A.dtype)
             return
         l = layers[j_src]
         pos, fid = active[l][:, 0], active[l][:, 1]
         W_dec, vals = decoder_directions(saes[l]), values[offsets[j_src]: offsets[j_src + 1]]
         for c in range(0, len(rows), 32):  # [32, pos, d_sae] at a time, not [b, n_src, d_model]
             through = grads[c: c + 32] @ W_dec.T
-            A[rows[c: c + 32], offsets[j_src]: offsets[j_src + 1]] = through[:, pos, fid] * vals
+            A[rows[c: c + 32], offsets[j_src]: offsets[j_src + 1]] = (through[:, pos, fid] * vals).to(A.dtype)
         e0 = F + j_src * P
-        A[rows, e0: e0 + P] = torch.einsum("bpd,pd->bp", grads, errs[l])
+        A[rows, e0: e0 + P] = torch.einsum("bpd,pd->bp", grads, errs[l]).to(A.dtype)
 
     for j, l in enumerate(layers):
         pos, fid = active[l][:, 0], active[l][:, 1]
@@ -265,7 +293,7 @@ def build_graph(model: HookedTransformer, saes: Mapping[int, object], prompt: st
                                torch.full((nT,), P - 1), cfg.batch_size, cfg.max_batch_tokens)
     n_bwd += nb
     fill(F + (nL + 1) * P + torch.arange(nT), grads, nL - 1)
-    words = [model.tokenizer.convert_ids_to_tokens(int(t)) for t in tokens[0]]
+    words = [model.tokenizer.decode([int(t)]) for t in tokens[0]]
     return AttributionGraph(prompt, words, tokens[0].tolist(), layers, feats, values, by_pos, A,
                             logit_tokens, logit_probs, given, n_bwd)
 
@@ -361,3 +389,22 @@ def graph_scores(graph: AttributionGraph) -> GraphScores:
     non_error = 1 - norm[:, F: F + nL * P].sum(1)
     out = infl + w
     return GraphScores(float(tok / (tok + err)), float((non_error * out).sum() / out.sum()))
+
+
+# ----------------------------------------------------------------------------------------------- positions
+def token_position(model: HookedTransformer, prompt: str, text: str, occurrence: int = -1) -> int:
+    """Position (in ``model.to_tokens(prompt)``, BOS = 0) of the token that ends the ``occurrence``-th copy of
+    ``text`` in ``prompt`` (default: the last copy). Found from decoded token offsets (the decoded prefix grows
+    token by token), so it works for any tokenizer: a word-level one and a subword one alike."""
+    starts, i = [], prompt.find(text)
+    while i >= 0:
+        starts.append(i)
+        i = prompt.find(text, i + 1)
+    if not starts:
+        raise ValueError(f"{text!r} does not occur in the prompt {prompt[:80]!r}")
+    end = starts[occurrence] + len(text)
+    ids = model.to_tokens(prompt)[0].tolist()
+    for p in range(1, len(ids)):  # ids[0] is BOS; the decoded ids[1:p+1] are the prompt's first characters
+        if len(model.tokenizer.decode(ids[1: p + 1])) >= end:
+            return p
+    raise ValueError(f"could not place {text!r} among the prompt's tokens")

@@ -3,20 +3,19 @@
 :mod:`steerlab.graph` builds and prunes an :class:`~steerlab.graph.AttributionGraph` (tensors); this module turns
 it into what people look at and share: :func:`to_networkx` (circuit-tracer node ids, with activation, influence
 and explanation attributes), :func:`target_node`, :func:`to_json` / :func:`from_json` (the circuit-tracer / Neuronpedia graph format, which
-``steerlab.graph_view`` renders) and :func:`feature_explanations` (the words shown on feature nodes).
+``steerlab.viz.graph_view`` renders). The explanation words shown on feature nodes are computed by
+``steerlab.evals.circuits.feature_explanations`` and passed in.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import networkx as nx
 import torch
-from transformer_lens import HookedTransformer
 
-from steerlab.explain import mi as explain
 from steerlab.circuits.graph import AttributionGraph, PruneResult, compute_influence, normalize_matrix
 
 
@@ -146,17 +145,3 @@ def from_json(data: dict | str | Path) -> nx.DiGraph:
     for e in data["links"]:
         G.add_edge(e["source"], e["target"], weight=e["weight"])
     return G
-
-
-# ----------------------------------------------------------------------------------------------- explanations
-def feature_explanations(model: HookedTransformer, saes: Mapping[int, object], words: Sequence[str] | None = None,
-                         n_words: int = 5) -> dict[tuple[int, int], str]:
-    """``{(layer, feature): "w1 w2 ..."}``: the MI explanation words (``steerlab.explain``) of every feature.
-
-    The one place graphs look explanations up; ``words`` defaults to ``model.world``'s lexicon."""
-    cfg = explain.ExplainConfig(top_n=n_words)
-    out = {}
-    for l, sae in saes.items():
-        ex = explain.explain(model, sae, words=words, cfg=cfg, progress=False)
-        out.update({(l, f): " ".join(ws) for f, ws in enumerate(ex.all_words(n_words))})
-    return out

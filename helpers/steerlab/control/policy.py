@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from steerlab.core.activations import fingerprint
-from steerlab.sae.io import hook_name_for as hook_name  # re-exported: notebook 04 and rl.py use control.hook_name
+from steerlab.core.hooks import hook_name_for as hook_name  # re-exported: notebook 04 and rl.py use control.hook_name
 
 MASK_RULES = ("active", "all")
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@
 * :func:`train_control` trains a :class:`steerlab.control.ControlPolicy` with PPO (clipped ratio, learned value
   baseline ``A = R - V(x_t)``) or GRPO (``A = (R - mean_group R) / std_group R``, no critic), an entropy bonus
   and a KL penalty toward the "no steering" reference policy (``control.ControlPolicy.reference_logp``).
-  The episode reward ``R`` (1 correct, 0 otherwise, from ``world.score``) is given to every step of the
-  episode (no discount: the reward only arrives at the end).
+  The episode reward ``R`` (1 correct, 0 otherwise: the example's own ``score`` of the decoded completion) is
+  given to every step of the episode (no discount: the reward only arrives at the end).
 * :func:`train_rlvr` fine-tunes the language model itself with the same reward, rollout budget and clipped
   objective (the RLVR baseline; the LM samples its own tokens, baseline = batch mean).
 
@@ -87,7 +87,7 @@ class Generation(NamedTuple):
     """Output of :func:`generate`.
 
     Attributes:
-        completions: generated words per prompt (up to ``<eos>``), in prompt order.
+        completions: generated text per prompt (decoded, up to ``<eos>``), in prompt order.
         tokens: generated token ids per prompt (``<eos>`` excluded).
         calls: one entry per forward call, in call order: ``(rows, step, alive)`` with ``rows`` the prompt
             indices of the batch rows, ``step`` the generation step, ``alive`` which rows had not ended.
@@ -96,6 +96,14 @@ class Generation(NamedTuple):
     completions: list[str]
     tokens: list[list[int]]
     calls: list[tuple[list[int], int, Bool[Tensor, " batch"]]]
+
+
+def next_logits(model, tokens: Tensor, cache=None) -> Float[Tensor, "batch d_vocab"]:
+    """Logits of the next token after ``tokens`` [batch, pos] (extending ``cache`` when given), unembedding the
+    last position only: a real model's unembedding (Gemma: 262k tokens) would otherwise cost more than the blocks
+    for every prompt position. Hooks on the residual stream act as in a full forward."""
+    resid = model(tokens, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
+    return model.unembed(model.ln_final(resid[:, -1:]))[:, -1].float()
 
 
 @torch.no_grad()
@@ -115,7 +123,7 @@ def generate(model, prompts: Sequence[str], max_new_tokens: int, fwd_hooks=(), s
         done = torch.zeros(len(rows), dtype=torch.bool)
         for step in range(max_new_tokens):
             with model.hooks(fwd_hooks=list(fwd_hooks)):
-                logits = model(cur, past_kv_cache=cache)[:, -1].float()
+                logits = next_logits(model, cur, cache)
             calls.append((rows, step, ~done))
             nxt = (torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1) if sample
                    else logits.argmax(-1))
@@ -126,15 +134,14 @@ def generate(model, prompts: Sequence[str], max_new_tokens: int, fwd_hooks=(), s
             if bool(done.all()):
                 break
             cur = nxt[:, None]
-    words = [" ".join(model.tokenizer.convert_ids_to_tokens(t)) for t in out_tok]
-    return Generation(words, out_tok, calls)
+    return Generation([model.tokenizer.decode(t) for t in out_tok], out_tok, calls)
 
 
 class Rollout(NamedTuple):
     """A batch of controlled episodes, flattened to steps (one step = one token at one layer).
 
     Attributes:
-        examples, completions, rewards (``[episodes]``): per episode.
+        examples, completions, rewards (``[episodes]``), tokens (generated ids): per episode.
         layer, episode, step (``[steps]``): where each step happened.
         x ``[steps, d_model]``, cand ``[steps, n_actions]``, actions ``[steps, k]``: state, mask, action.
         logp, value ``[steps]``: behaviour-policy log-prob and value estimate at rollout time.
@@ -151,6 +158,7 @@ class Rollout(NamedTuple):
     actions: Int[Tensor, "steps k"]
     logp: Float[Tensor, " steps"]
     value: Float[Tensor, " steps"]
+    tokens: list[list[int]]
 
 
 def rollout(model, policy: control.ControlPolicy, saes, examples: Sequence[Example], greedy: bool = False,
@@ -173,7 +181,8 @@ def rollout(model, policy: control.ControlPolicy, saes, examples: Sequence[Examp
                             ("logp", a.logp), ("value", a.value)):
                 cols[name].append(t[keep])
     rewards = torch.tensor([float(reward_fn(e, c)) for e, c in zip(examples, gen.completions)])
-    return Rollout(list(examples), gen.completions, rewards, **{k: torch.cat(v) for k, v in cols.items()})
+    return Rollout(list(examples), gen.completions, rewards, **{k: torch.cat(v) for k, v in cols.items()},
+                   tokens=gen.tokens)
 
 
 def _advantages(r: Rollout, algo: str, group_size: int) -> Float[Tensor, " steps"]:
@@ -222,7 +231,7 @@ def _choices(model, r: Rollout, n: int, update: int) -> list[dict]:
     out = []
     for ep in range(min(n, len(r.examples))):
         m = r.episode == ep
-        gen = r.completions[ep].split()
+        gen = [model.tokenizer.decode([t]) for t in r.tokens[ep]]
         steps = [(int(s), int(l), r.actions[i].tolist()) for i, (s, l) in
                  enumerate(zip(r.step.tolist(), r.layer.tolist())) if m[i]]
         out.append({"update": update, "prompt": r.examples[ep].prompt, "completion": r.completions[ep],
@@ -342,33 +351,3 @@ def _train_rlvr(model, sampler, cfg: RLConfig, callbacks, reward_fn):
 
 
 SETTINGS = {"mcqa_single": "mcqa", "mcqa_multi": "mcqa", "reasoning": "reasoning"}
-
-
-class LiveCurves:
-    """A trainer callback that redraws reward / KL / entropy curves in one notebook output every ``every``
-    updates (a no-op outside IPython)."""
-
-    def __init__(self, title: str, every: int = 10, keys: Sequence[str] = ("reward", "kl", "entropy")):
-        self.title, self.every, self.keys = title, every, keys
-        self.hist: dict[str, list[float]] = defaultdict(list)
-        self.handle = None
-
-    def __call__(self, update: int, stats: dict) -> None:
-        for k in self.keys:
-            if k in stats:
-                self.hist[k].append(stats[k])
-        if update % self.every:
-            return
-        try:
-            import matplotlib.pyplot as plt
-            from IPython.display import display
-
-            from steerlab.viz.plots import curve
-        except ImportError:
-            return
-        fig = curve(range(len(self.hist["reward"])), dict(self.hist), "update", "value", self.title)
-        if self.handle is None:
-            self.handle = display(fig, display_id=True)
-        elif self.handle is not None:
-            self.handle.update(fig)
-        plt.close(fig)

@@ -27,34 +27,24 @@ absolute position and the prompt length:
 So steering with and without the KV cache edits the same positions (``tests/test_hooks.py`` compares the
 generations). A one-token prompt (``<bos>`` alone) cannot be told apart from a cached step: not supported.
 
-Which SAE vectors S are
------------------------
-* **Reading** a feature (how much of feature ``c`` is in ``x``) uses the *encoder*, with both biases:
-  ``z_c(x) = ReLU((x - b_dec) @ W_enc[:, c] + b_enc[c])`` (before any top-k cut, see
-  ``steerlab.sae.encode_pre_topk``). The encoder is what the SAE trained to detect the feature with; the
-  decoder directions are not orthogonal, so ``x @ W_dec[c]`` mixes in every correlated feature.
-  For a TopK SAE a second reading is offered, ``read="code"``: the SAE's own sparse code ``sae.encode(x)``,
-  zero for every feature outside the input's top ``k``. It is more selective (a feature that the SAE does not
-  use for an input is not amplified there) and weaker (an input whose trace of the feature stays below the
-  cut is never pushed over it). Notebook 03 sweeps both for the jailbreak defence.
-* **Writing** a feature uses its *decoder row* ``W_dec[c]`` (no bias): adding ``delta * W_dec[c]`` changes
-  the SAE reconstruction by exactly ``delta`` units of feature ``c``, which is what SPARE and Wu et al. edit.
-
-With these conventions amplification ``X' = X + alpha ReLU(X S) S^T`` reads ``ReLU(X S)`` as ``z_S(X)`` and
-writes with ``W_dec[S]``; calibration ``X' = X - ReLU(X S) S^T + beta mean(S)`` removes ``z_S(X) W_dec[S]``
-and adds ``beta`` times the mean decoder row of ``S``.
+Feature edits read and written through an SAE (amplify, calibrate, clamp, add) live in
+:mod:`steerlab.steer.features`; every steering method is listed in :mod:`steerlab.steer.registry`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+def hook_name_for(layer: int) -> str:
+    """The residual-stream hook (TransformerLens name) an SAE or a policy of ``layer`` reads and writes."""
+    return f"blocks.{int(layer)}.hook_resid_post"
+
+
 POSITIONS = ("all", "last_prompt", "generated", "last_prompt+generated")
-READS = ("encoder", "code")  # how z_S(x) is read: encoder before the top-k cut, or the SAE's sparse code
 
 Hook = tuple[str, Callable]
 TRACK_HOOK = "blocks.0.hook_resid_pre"  # runs first in every forward pass, generate() included
@@ -133,53 +123,3 @@ def add_vector(hook_name: str, vector: Float[Tensor, "*batch d_model"], coeff: f
     is ``[d_model]``, or ``[batch, 1, d_model]`` for one vector per sequence of a single batch)."""
     v = vector.detach().float()
     return edit_hook(hook_name, lambda x: x + coeff * v.to(x.device), positions)
-
-
-def _decoder_rows(sae, features: Sequence[int]) -> Float[Tensor, "n_feat d_model"]:
-    if len(features) == 0:
-        raise ValueError("the feature set S is empty: pick at least one feature")
-    return sae.W_dec.detach()[list(features)].float()
-
-
-def feature_reader(sae, features: Sequence[int], read: str = "encoder"
-                   ) -> Callable[[Tensor], Float[Tensor, "... n_feat"]]:
-    """``x -> z_S(x)`` for ``features``: the encoder activations before any top-k cut (``read="encoder"``) or the
-    SAE's own sparse code (``read="code"``), as in the module docstring. ``read`` is checked here, once, so a
-    hook built from the reader does no checking per forward pass."""
-    from steerlab.core.activations import encode_pre_topk
-
-    if read not in READS:
-        raise ValueError(f"read must be one of {READS} (got {read!r})")
-    idx = list(features)
-    encode = encode_pre_topk if read == "encoder" else (lambda s, x: s.encode(x))
-    return lambda x: encode(sae, x.float())[..., idx]
-
-
-def read_features(sae, x: Float[Tensor, "... d_model"], features: Sequence[int], read: str = "encoder"
-                  ) -> Float[Tensor, "... n_feat"]:
-    """``z_S(x)`` once (see :func:`feature_reader`)."""
-    return feature_reader(sae, features, read)(x)
-
-
-def amplify(hook_name: str, sae, features: Sequence[int], alpha: float, positions: str = "all",
-            read: str = "encoder") -> list[Hook]:
-    """Wu et al. amplification ``X' = X + alpha ReLU(X S) S^T`` (read: ``read``, write: decoder rows)."""
-    W = _decoder_rows(sae, features)
-    z = feature_reader(sae, features, read)
-    return edit_hook(hook_name, lambda x: x + alpha * z(x) @ W, positions)
-
-
-def calibrate(hook_name: str, sae, features: Sequence[int], beta: float, positions: str = "all",
-              read: str = "encoder") -> list[Hook]:
-    """Wu et al. calibration ``X' = X - ReLU(X S) S^T + beta * mean(S)``: remove what the input holds of S
-    (read as ``read``), then add a fixed amount ``beta`` of the mean decoder row of S."""
-    W = _decoder_rows(sae, features)
-    z, s_bar = feature_reader(sae, features, read), W.mean(0)
-    return edit_hook(hook_name, lambda x: x - z(x) @ W + beta * s_bar, positions)
-
-
-def clamp(hook_name: str, sae, features: Sequence[int], value: float, positions: str = "all") -> list[Hook]:
-    """Clamp features to ``value``: ``x' = x + (value - z_S(x)) W_dec[S]`` (exact where the feature is active)."""
-    W = _decoder_rows(sae, features)
-    z = feature_reader(sae, features)
-    return edit_hook(hook_name, lambda x: x + (value - z(x)) @ W, positions)

@@ -10,11 +10,14 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD's answer normalisation: lower case, punctuation removed, articles removed, whitespace collapsed."""
+    """SQuAD's answer normalisation: lower case, punctuation removed, articles removed, whitespace collapsed.
+
+    One deviation: an answer that is nothing but an article (the option letter ``A``) keeps it, so it is not
+    normalised to the empty string that every other article-only answer would then match."""
     text = text.lower()
     text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
+    kept = " ".join(_ARTICLES.sub(" ", text).split())
+    return kept or " ".join(text.split())
 
 
 def answer_span(completion: str) -> str:

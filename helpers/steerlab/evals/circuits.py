@@ -6,8 +6,12 @@
 * Ground truth: on the knowledge-conflict task the answer depends on the source marker (``trusted`` /
   ``rumor`` / ``report``); the pruned graph must hold a path from that token through a knowledge-source
   feature (one whose activation tells the sources apart on held-out prompts) to the answer logit.
+* Ground truth on any model: the pruned graph of a fact or conflict prompt must hold a path from the *subject*
+  token (the last token of ``meta['subject']``, placed by decoded token offsets) to the answer logit
+  (:func:`subject_path_survey`).
 * Control model and universality: which SAE features a control policy picks and where, and how they
   relate to the directions end-to-end RL fine-tuning changed (needs ``steerlab.control``).
+* :func:`feature_explanations` (the MI words on feature nodes) and :func:`summary` (notebook 05's metrics).
 """
 
 from __future__ import annotations
@@ -23,9 +27,30 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from steerlab.circuits.graph import AttributionGraph, GraphConfig, build_graph, frozen_hook_names, prune
+from steerlab.circuits.graph import (AttributionGraph, GraphConfig, build_graph, frozen_hook_names, prune,
+                                     token_position)
 from steerlab.circuits.io import to_networkx
+from steerlab.explain import mi as explain
 from steerlab.world import SOURCES, Example, World
+
+
+def feature_explanations(model: HookedTransformer, saes: Mapping[int, object], words: Sequence[str] | None = None,
+                         n_words: int = 5) -> dict[tuple[int, int], str]:
+    """``{(layer, feature): "w1 w2 ..."}``: the MI explanation words (``steerlab.explain``) of every feature,
+    over ``words`` (default: ``explain``'s default vocabulary; tinyworld passes its world's lexicon)."""
+    cfg = explain.ExplainConfig(top_n=n_words)
+    out = {}
+    for l, sae in saes.items():
+        ex = explain.explain(model, sae, words=words, cfg=cfg, progress=False)
+        out.update({(l, f): " ".join(ws) for f, ws in enumerate(ex.all_words(n_words))})
+    return out
+
+
+def answer_token(model: HookedTransformer, prompt: str, answer: str) -> int:
+    """The first token the model would write for ``answer`` after ``prompt`` (tokenised together, so a
+    subword tokenizer's leading-space piece is found as the model sees it)."""
+    n = model.to_tokens(prompt).shape[1]
+    return int(model.to_tokens(prompt + " " + answer.strip())[0, n])
 
 
 
@@ -81,7 +106,10 @@ def frozen_hooks(model: HookedTransformer, tokens: Tensor) -> list:
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
 
     def fn(t, hook):
-        return cache[hook.name].expand_as(t)
+        c = cache[hook.name]
+        if c.shape[0] != t.shape[0] and c.shape[1:] == t.shape[1:]:  # Gemma's q/k norms flatten (batch, pos, head)
+            return c.repeat(t.shape[0] // c.shape[0], *([1] * (c.dim() - 1)))  # batch-major: one copy per row
+        return c.expand_as(t)
 
     return [(n, fn) for n in names]
 
@@ -126,8 +154,9 @@ class Faithfulness:
 
 def build_graphs(model: HookedTransformer, saes: Mapping[int, object], examples: Sequence[Example],
                  cfg: GraphConfig) -> list[AttributionGraph]:
-    """One graph per example, the target being the gold answer's first word."""
-    return [build_graph(model, saes, ex.prompt, targets=[ex.answer.split()[0]], cfg=cfg) for ex in examples]
+    """One graph per example, the target being the gold answer's first token (:func:`answer_token`)."""
+    return [build_graph(model, saes, ex.prompt, targets=[answer_token(model, ex.prompt, ex.answer)], cfg=cfg)
+            for ex in examples]
 
 
 def faithfulness(model: HookedTransformer, saes: Mapping[int, object], graphs: Sequence[AttributionGraph],
@@ -258,13 +287,57 @@ def source_path_survey(model: HookedTransformer, saes: Mapping[int, object], wor
     return SourcePathSurvey(df, df.groupby("node_threshold")["found"].mean().to_dict())
 
 
+def subject_path(G: nx.DiGraph, subject_pos: int) -> SourcePath:
+    """The path, in a (pruned) graph, from the subject token's embedding (position ``subject_pos``) to the target
+    logit through the most influential feature node that lies on such a path (``source_feature``)."""
+    tgt = next(n for n, d in G.nodes(data=True) if d["kind"] == "logit")
+    src = next((n for n, d in G.nodes(data=True) if d["kind"] == "embedding" and d["position"] == subject_pos), None)
+    if src is None:
+        return SourcePath(False, None, None, 0)
+    reach_from, reach_to = nx.descendants(G, src), nx.ancestors(G, tgt)
+    on_path = sorted((n for n, d in G.nodes(data=True) if d["kind"] == "feature" and n in reach_from
+                      and n in reach_to), key=lambda n: -G.nodes[n]["influence"])
+    if not on_path:
+        return SourcePath(False, None, None, 0)
+    ks = on_path[0]
+    return SourcePath(True, nx.shortest_path(G, src, ks) + nx.shortest_path(G, ks, tgt)[1:], ks, len(on_path))
+
+
+def subject_path_survey(model: HookedTransformer, saes: Mapping[int, object], examples: Sequence[Example],
+                        cfg: GraphConfig, thresholds: Sequence[float] = (0.8,), explanations=None) -> SourcePathSurvey:
+    """For each example with a ``meta['subject']`` (facts, conflicts), build the graph of the model's own answer
+    (its top next token) and look for a path from the subject's last token (its last occurrence in the prompt,
+    placed by :func:`steerlab.circuits.graph.token_position`) to that logit, at ``cfg.node_threshold`` and at each
+    extra node threshold. Table columns: task, subject, subject_pos, answer, node_threshold, found, n_features_on_paths,
+    path, feature_words."""
+    import pandas as pd
+
+    from steerlab.core.run import last_token_logits
+
+    ids = last_token_logits(model, [e.prompt for e in examples]).argmax(-1).tolist()
+    rows = []
+    for ex, tok in zip(examples, ids):
+        pos = token_position(model, ex.prompt, ex.meta["subject"])
+        g = build_graph(model, saes, ex.prompt, targets=[int(tok)], cfg=cfg)
+        for nt in dict.fromkeys([cfg.node_threshold, *thresholds]):
+            G = to_networkx(g, prune(g, nt, cfg.edge_threshold), explanations, model.cfg.n_layers, model.tokenizer)
+            sp = subject_path(G, pos)
+            rows.append(dict(task=ex.task, subject=ex.meta["subject"], subject_pos=pos,
+                             answer=model.tokenizer.decode([int(tok)]), node_threshold=nt, found=sp.found,
+                             n_features_on_paths=sp.n_source_features_in_graph, path=" -> ".join(sp.path or []),
+                             feature_words=G.nodes[sp.source_feature]["explanation"] if sp.found else ""))
+    df = pd.DataFrame(rows)
+    return SourcePathSurvey(df, df.groupby("node_threshold")["found"].mean().to_dict())
+
+
 def node_table(G: nx.DiGraph, n: int = 15, kind: str | None = "feature"):
     """The ``n`` most influential nodes (of ``kind``; None = all) as a DataFrame."""
     import pandas as pd
 
-    rows = [dict(node=k, **{c: d.get(c) for c in ("kind", "layer", "position", "token", "feature", "activation",
-                                                  "influence", "explanation")})
-            for k, d in G.nodes(data=True) if kind is None or d["kind"] == kind]
+    cols = ("kind", "layer", "position", "token", "feature", "activation", "influence", "explanation")
+    rows = [dict(node=k, **{c: d.get(c) for c in cols}) for k, d in G.nodes(data=True) if kind is None or d["kind"] == kind]
+    if not rows:  # e.g. a pruned graph whose influence all runs through error nodes
+        return pd.DataFrame(columns=["node", *cols])
     return pd.DataFrame(rows).sort_values("influence", ascending=False).head(n).reset_index(drop=True)
 
 
@@ -319,6 +392,8 @@ def control_analysis(model: HookedTransformer, saes: Mapping[int, object], world
     from steerlab.evals import control as rl_eval
     from steerlab.world import score
 
+    if world is None:  # the held-out sets below are tinyworld's
+        return None
     policies = control.load_policies(policy_dir, dict(saes), model)
     if not policies:
         return None
@@ -375,3 +450,46 @@ def _acts_through(model, saes, policy, ex: Example, chosen: list[dict], explanat
                             steered_act=Gs.nodes[t]["activation"],
                             unsteered_act=Gu.nodes[t]["activation"] if t in Gu else 0.0))
     return out
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def summary(faith: Mapping[str, Faithfulness], faith_live: Mapping[str, Faithfulness], scores: Mapping[str, float],
+            graph: AttributionGraph, pruned: nx.DiGraph, build_seconds: float, json_round_trip: bool,
+            node_threshold: float, source_survey: SourcePathSurvey | None = None, n_source_nodes: int = 0,
+            subject_survey: SourcePathSurvey | None = None, control: ControlAnalysis | None = None,
+            transfer: Mapping[str, float] | None = None) -> dict:
+    """Notebook 05's metrics: ``faithfulness_<task>`` (mean per-prompt r), ``_pooled``, ``_live_attention`` for each
+    task of ``faith``; the graph scores; the ground-truth source path (``ground_truth_path_*``, tinyworld) and the
+    subject path (``subject_path_rate``, ``subject_path_rate_nt08``) when surveyed; the first graph's size and
+    build time; the control-model and transfer metrics when measured."""
+    out: dict = {}
+    for name in faith:
+        out.update({f"faithfulness_{name}": faith[name].mean, f"faithfulness_{name}_pooled": faith[name].pooled,
+                    f"faithfulness_{name}_live_attention": faith_live[name].mean})
+    out.update(scores)
+    if source_survey is not None:
+        out.update(ground_truth_path_found=source_survey.rate[node_threshold] == 1.0,
+                   ground_truth_path_rate=source_survey.rate[node_threshold],
+                   ground_truth_path_rate_nt08=source_survey.rate[0.8], n_knowledge_source_nodes=n_source_nodes)
+    if subject_survey is not None:
+        out.update(subject_path_rate=subject_survey.rate[node_threshold],
+                   subject_path_rate_nt08=subject_survey.rate.get(0.8, float("nan")))
+    out.update(graph_n_features=graph.n_features, graph_n_backward=graph.n_backward, graph_build_seconds=build_seconds,
+               graph_nodes_pruned=pruned.number_of_nodes(), graph_edges_pruned=pruned.number_of_edges(),
+               json_round_trip=json_round_trip, node_threshold=node_threshold)
+    return {**out, **(control.metrics if control else {}), **(transfer or {})}
+
+
+def graph_prompts(suite, n: int, seed: int = 0) -> tuple[Example, dict[str, list]]:
+    """The prompts notebook 05 builds graphs for: one conflict prompt to look at, and ``n`` prompts per task for the
+    faithfulness check. tinyworld (a suite with a ``world``): a ``report`` conflict, then conflicts of every source
+    and multiple choice (``{"conflict", "mcqa"}``), drawn from one RNG in that order. Another suite: a conflict of
+    its ``eval`` split, then ``{"conflict", "facts"}`` (conflicts and closed-book facts)."""
+    world = getattr(suite, "world", None)
+    if world is not None:
+        rng = random.Random(seed)
+        ex = world.open_book(rng, "report", True)
+        conflict = [world.open_book(rng, rng.choice(["trusted", "rumor", "report"]), True) for _ in range(n)]
+        return ex, {"conflict": conflict, "mcqa": [world.mcqa(rng) for _ in range(n)]}
+    first = suite.conflicts(n + 1, seed=seed)
+    return first[0], {"conflict": first[1:], "facts": suite.facts(n, seed=seed)}

@@ -29,6 +29,12 @@ Concepts (``kind`` in brackets) and where they are read:
   feature per value, so no single feature covers a whole attribute type there.)
 
 Positions count ``<bos>`` as 0, so word ``i`` of a prompt is position ``i + 1``.
+
+On a suite other than tinyworld (any object without ``.world``, e.g. the real suite of Gemma) the concepts are
+the suite's topics (:func:`suite_concepts`): ``topic:<t>`` at every token of the suite's topic texts from
+position ``TOPIC_START`` on (``<bos>`` and the first tokens, before the topic shows, left out); positive when
+the text is about ``t``. Functions that take ``world`` accept a tinyworld ``World``, a tinyworld suite or any
+other suite.
 """
 
 from __future__ import annotations
@@ -43,10 +49,12 @@ import torch
 from scipy.stats import rankdata
 
 from steerlab.core.activations import encode_pre_topk
+from steerlab.sae.codes import stop_layer
 from steerlab.sae.io import check_fits
 from steerlab.world import ATTRIBUTES, HARMFUL, TOPICS, World
 
 DETECTED_AUROC = 0.95
+TOPIC_START = 4  # first token position of a real topic text read as the topic concept (<bos> is 0)
 
 
 @dataclass
@@ -107,6 +115,34 @@ def world_concepts(world: World, n: int = 200, seed: int = 0) -> list[Concept]:
     return concepts
 
 
+def suite_concepts(suite, tokenizer, n: int = 200, seed: int = 0) -> list[Concept]:
+    """``topic:<t>`` concepts of a suite without a world (see the module docstring): ``n`` topic texts, every
+    token position from ``TOPIC_START`` to the text's last token (positions count ``<bos>`` as 0)."""
+    texts = suite.topic_texts(n, seed)
+    if not texts:
+        raise ValueError(f"the {getattr(suite, 'name', 'given')} suite provides no topic texts: no concepts")
+    lengths = [len(tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]) for ex in texts]
+    out = []
+    for t in sorted(suite.topics()):
+        c = Concept(f"topic:{t}", "topic")
+        for ex, n_tok in zip(texts, lengths):
+            for pos in range(TOPIC_START, n_tok + 1):
+                c.add(ex.prompt, pos, ex.meta["topic"] == t)
+        if any(c.labels) and not all(c.labels):
+            out.append(c)
+    return out
+
+
+def concepts_of(model, source, n: int = 200) -> list[Concept]:
+    """The concepts of ``source``: a tinyworld ``World`` or suite (:func:`world_concepts`), or any other
+    suite (:func:`suite_concepts`)."""
+    if isinstance(source, World):
+        return world_concepts(source, n)
+    if getattr(source, "world", None) is not None:
+        return world_concepts(source.world, n)
+    return suite_concepts(source, model.tokenizer, n)
+
+
 def _last(prompt: str) -> int:
     return len(prompt.split())  # <bos> + words: the last word sits at position len(words)
 
@@ -127,13 +163,13 @@ def feature_activations(model, sae, items: list, pre_topk: bool = False, batch_s
     for i, (prompt, _) in enumerate(items):
         by_prompt[prompt].append(i)
     by_len: dict[int, list[str]] = defaultdict(list)
-    for prompt in by_prompt:
-        by_len[len(prompt.split())].append(prompt)
+    for prompt in by_prompt:  # same token count in a batch: no padding (any tokenizer)
+        by_len[int(model.to_tokens(prompt).shape[1])].append(prompt)
     out = torch.zeros(len(items), sae.cfg.d_sae)
     for prompts in by_len.values():
         for s in range(0, len(prompts), batch_size):
             chunk = prompts[s: s + batch_size]
-            _, cache = model.run_with_cache(model.to_tokens(chunk), names_filter=hook)
+            _, cache = model.run_with_cache(model.to_tokens(chunk), names_filter=hook, stop_at_layer=stop_layer(hook))
             acts = cache[hook]
             for row, prompt in enumerate(chunk):
                 idx = by_prompt[prompt]
@@ -152,20 +188,21 @@ def auroc_per_feature(acts: torch.Tensor, labels) -> np.ndarray:
     return (ranks[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def concept_aurocs(model, sae, world: World, n: int = 200, pre_topk: bool = True) -> pd.DataFrame:
-    """AUROC matrix: one row per concept (index = concept name), one column per feature."""
+def concept_aurocs(model, sae, world, n: int = 200, pre_topk: bool = True) -> pd.DataFrame:
+    """AUROC matrix: one row per concept (index = concept name), one column per feature (``world``: a World or
+    a suite, see :func:`concepts_of`)."""
     check_fits(model, sae)
     rows = {}
-    for c in world_concepts(world, n):
+    for c in concepts_of(model, world, n):
         rows[c.name] = auroc_per_feature(feature_activations(model, sae, c.items, pre_topk), c.labels)
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def concept_table(model, sae, world: World, n: int = 200, aurocs: pd.DataFrame | None = None,
+def concept_table(model, sae, world, n: int = 200, aurocs: pd.DataFrame | None = None,
                   threshold: float = DETECTED_AUROC) -> pd.DataFrame:
     """Best single feature per concept: columns kind, feature, auroc, runner_up_auroc, n_pos, n_neg, detected."""
     aurocs = concept_aurocs(model, sae, world, n) if aurocs is None else aurocs
-    concepts = {c.name: c for c in world_concepts(world, n)}
+    concepts = {c.name: c for c in concepts_of(model, world, n)}
     rows = []
     for name, row in aurocs.iterrows():
         order = np.argsort(-row.to_numpy())
@@ -178,7 +215,7 @@ def concept_table(model, sae, world: World, n: int = 200, aurocs: pd.DataFrame |
     return table
 
 
-def feature_concepts(model=None, sae=None, world: World | None = None, n: int = 200,
+def feature_concepts(model=None, sae=None, world=None, n: int = 200,
                      aurocs: pd.DataFrame | None = None, pre_topk: bool = True) -> dict[int, tuple[str, float]]:
     """``{feature: (best concept, its AUROC)}`` for every feature (pass ``aurocs`` to reuse a computed matrix).
 

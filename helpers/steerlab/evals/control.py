@@ -6,19 +6,34 @@
   :func:`accuracy_and_answers`, :func:`agreement` (share of prompts where two methods commit to the same answer);
 * the fixed-feature baseline: :func:`frequent_features` (candidates) and :func:`search_fixed_feature`;
 * :func:`chosen_features` (which feature the greedy policy picks at every generated token and layer);
-* :func:`compare_methods`: frozen model, best fixed feature, CRL and RLVR on the same prompts.
+* :func:`compare_methods`: frozen model, best fixed feature, CRL and RLVR on the same prompts;
+* :func:`control_settings`: the settings a task suite offers (tinyworld: multiple choice with one and two layers
+  and the addition chains; a real model's suite: knowledge-source control on its conflicts and arithmetic);
+* :func:`summary`: notebook 04's metrics dict.
+
+Rewards are each example's own ``score`` (decoded text, SQuAD-normalised for a real model's suite), never token ids.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from steerlab import control
 from steerlab.control.rl import generate, tokens_for
-from steerlab.world import Example, score
+from steerlab.core.text import answer_span
+
+Example = Any  # steerlab.tasks.base.Example (duck-typed: prompt, answer, task, meta, max_new_tokens, score)
+
+
+def score(example: Example, completion: str) -> bool:
+    """The default reward: the example's own ``score`` of the decoded completion."""
+    return bool(example.score(completion))
 
 
 def answers(model, examples: Sequence[Example], policy: control.ControlPolicy | None = None, saes=None,
@@ -29,11 +44,17 @@ def answers(model, examples: Sequence[Example], policy: control.ControlPolicy | 
 
 
 def final_answer(example: Example, completion: str) -> str:
-    """The answer a completion commits to: the number after ``so`` (reasoning) or the first word."""
+    """The answer a completion commits to: for reasoning the number after ``so`` (tinyworld's chains, whose gold
+    ends ``so <result>``; "" without it) or else the first number of the answer span; for other tasks the first
+    word of the answer span (``core.text.answer_span``), as written. Used to compare methods' answers (agreement), not to score them."""
     words = completion.split()
     if example.task == "reasoning":
-        return words[words.index("so") + 1] if "so" in words and words.index("so") + 1 < len(words) else ""
-    return words[0] if words else ""
+        if "so" in example.answer.split():  # tinyworld's chains end "... so <result>"
+            return words[words.index("so") + 1] if "so" in words and words.index("so") + 1 < len(words) else ""
+        num = re.search(r"-?\d+", answer_span(completion))
+        return num.group(0) if num else ""
+    span = answer_span(completion).split()
+    return span[0].strip(".,;:!?") if span else ""
 
 
 def accuracy_and_answers(examples: Sequence[Example], completions: Sequence[str],
@@ -67,7 +88,7 @@ def frequent_features(model, sae, layer: int, examples: Sequence[Example], n: in
     hook = control.hook_name(layer)
     with torch.no_grad():
         for e in examples:
-            _, cache = model.run_with_cache(e.prompt, names_filter=hook)
+            _, cache = model.run_with_cache(e.prompt, names_filter=hook, stop_at_layer=layer + 1)
             acts.append(sae.encode(cache[hook][0, -1:]) > 0)
     counts = torch.cat(acts).sum(0)
     return counts.topk(min(n, counts.numel())).indices.tolist()
@@ -86,8 +107,9 @@ def chosen_features(model, policy: control.ControlPolicy, saes, prompts: Sequenc
         for entry in trace.steps[c * n_layers: (c + 1) * n_layers]:
             for j, i in enumerate(rows):
                 if alive[j]:
-                    words = g.completions[i].split()
-                    out[i].append({"step": step, "token": words[step] if step < len(words) else "<eos>",
+                    toks = g.tokens[i]
+                    out[i].append({"step": step, "token": model.tokenizer.decode([toks[step]]) if step < len(toks)
+                                   else "<eos>",
                                    "layer": entry["layer"], "features": entry["action"].actions[j].tolist()})
     return out
 
@@ -97,9 +119,10 @@ def method_completions(model, examples: Sequence[Example], saes, policy: control
     """Greedy completions of: the frozen model (``base``), the best fixed single feature ``fixed = (layer,
     feature)`` (``fixed``), CRL (``crl``) and, when given, the RLVR-tuned LM (``rlvr``)."""
     saes = control._as_dict(saes, policy.cfg.layers) if not isinstance(saes, dict) else saes
-    runs = {"base": answers(model, examples),
-            "fixed": answers(model, examples, fwd_hooks=control.feature_hooks(saes[fixed[0]], *fixed, coef)),
-            "crl": answers(model, examples, policy, saes)}
+    runs = {"base": answers(model, examples)}
+    if fixed is not None:
+        runs["fixed"] = answers(model, examples, fwd_hooks=control.feature_hooks(saes[fixed[0]], *fixed, coef))
+    runs["crl"] = answers(model, examples, policy, saes)
     if tuned is not None:
         runs["rlvr"] = answers(tuned, examples)
     return runs
@@ -114,3 +137,88 @@ def compare_methods(model, examples: Sequence[Example], saes, policy: control.Co
     for name, comp in method_completions(model, examples, saes, policy, fixed, coef, tuned).items():
         accs[name], finals[name] = accuracy_and_answers(examples, comp, reward_fn)
     return accs, finals
+
+
+# ------------------------------------------------------------------------------------------------ settings
+@dataclass
+class Setting:
+    """One CRL setting of a task suite.
+
+    Attributes:
+        task: the task family (``mcqa``, ``reasoning``, ``conflict``); RLVR trains one model per task.
+        heldout: the held-out evaluation prompts.
+        sampler: ``sampler(rng) -> Example``, training prompts (never the held-out ones).
+        reward: what the reward pays for, in words (for the notebook's table).
+    """
+
+    task: str
+    heldout: list
+    sampler: Callable[[random.Random], Example]
+    reward: str
+
+
+def _pool_sampler(pool: Sequence[Example]) -> Callable[[random.Random], Example]:
+    return lambda rng: pool[rng.randrange(len(pool))]
+
+
+def control_settings(suite, n_eval: int, seed: int = 0, n_train: int = 512) -> dict[str, Setting]:
+    """The CRL settings ``suite`` offers, by name.
+
+    tinyworld (a suite with a ``world``): ``mcqa_single``, ``mcqa_multi`` and ``reasoning`` on the world's
+    held-out sets, trained on prompts of the same distribution from other seeds
+    (``steerlab.tasks.tinyworld.heldout_like_sampler``). Any other suite: ``conflict`` (knowledge-source control:
+    the suite's conflicts, rewarded for the *context's* answer, i.e. each example's ``score``, whose gold is the
+    context value; trained on the ``fit`` split, evaluated on ``eval``: disjoint subjects) and ``reasoning``
+    (``suite.reasoning()``, training prompts from other seeds), each only when the suite provides it.
+    """
+    world = getattr(suite, "world", None)
+    if world is not None:
+        from steerlab.tasks.tinyworld import heldout_like_sampler
+
+        evals = world.eval_sets(n_eval)
+        return {s: Setting(t, evals[f"{t}_heldout"], heldout_like_sampler(world, t), "the gold answer")
+                for s, t in (("mcqa_single", "mcqa"), ("mcqa_multi", "mcqa"), ("reasoning", "reasoning"))}
+    out = {}
+    conflicts = suite.conflicts(n_eval, seed=seed, split="eval")
+    if conflicts:
+        out["conflict"] = Setting("conflict", conflicts, _pool_sampler(suite.conflicts(n_train, seed + 1, "fit")),
+                                  "the context's answer (meta['context_value'])")
+    reasoning = suite.reasoning(n_eval, seed=seed + 12345)
+    if reasoning:
+        out["reasoning"] = Setting("reasoning", reasoning, _pool_sampler(suite.reasoning(n_train, seed + 1)),
+                                   "the sum (meta['result'])")
+    return out
+
+
+def summary(accuracy: dict, extra: dict | None = None, **settings) -> dict:
+    """Notebook 04's metrics: ``<setting>_<method>_acc`` and ``<setting>_agreement`` (CRL against RLVR, when
+    RLVR ran) from ``accuracy = {setting: (accs, finals)}`` (:func:`compare_methods`), then the sections'
+    metrics ``extra`` and the run's settings (``retrained``, ``n_updates``, ...)."""
+    out = {}
+    for s, (accs, finals) in accuracy.items():
+        out.update({f"{s}_{m}_acc": a for m, a in accs.items()})
+        if "rlvr" in finals:
+            out[f"{s}_agreement"] = agreement(finals["crl"], finals["rlvr"])
+    return {**out, **(extra or {}), **settings}
+
+
+# ------------------------------------------------------------------------------------------- probe target
+def single_token_words(model, words: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The words of ``words`` (in order, each once) that the model writes as one token after a space, and those
+    token ids: the candidate targets of the known-answer probe (its reward reads decoded text, its target feature
+    is read from the unembedding column of that one token)."""
+    kept, ids = [], []
+    for w in dict.fromkeys(words):
+        tok = model.tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+        if len(tok) == 1:
+            kept.append(w)
+            ids.append(int(tok[0]))
+    return kept, ids
+
+
+def first_word_reward(target: str) -> Callable[[Example, str], float]:
+    """Reward 1 when the completion's answer span starts with the word ``target`` (SQuAD-normalised text)."""
+    from steerlab.core.text import normalize_answer
+
+    want = normalize_answer(target)
+    return lambda example, completion: float(normalize_answer(answer_span(completion)).split()[:1] == [want])

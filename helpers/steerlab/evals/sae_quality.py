@@ -11,7 +11,8 @@ as in training); the downstream measures splice the SAE into the forward pass wi
 * ``ce_loss_recovered`` = (CE_zero - CE_spliced) / (CE_zero - CE_clean), with CE the next-token loss over
   non-pad targets and CE_zero the loss with the hook's activation zeroed at the same positions;
 * ``kl_to_clean``: mean KL(p_clean || p_spliced) of the next-token distributions over non-pad positions;
-* task accuracy per evaluation set of the world, clean and spliced, and ``max_task_acc_drop``;
+* task accuracy per evaluation set of the world (any other suite: its closed-book facts, :func:`suite_task_accuracy`),
+  clean and spliced, and ``max_task_acc_drop``;
   :func:`mcqa_split_accuracy` splits held-out multiple choice into known and hidden facts. A drop is a paired
   difference over the same prompts, reported with its standard error (:func:`paired_drop`): at 200 prompts per
   family that error reaches 0.025 (multiple choice), more than the 0.02 target, so notebook 01 measures on 1,000.
@@ -38,6 +39,8 @@ from steerlab.sae.metrics import ReconStats, downstream_loss, next_token_kl, rec
 from steerlab.sae.train import SAETrainConfig, TrainedSAEs, token_rows, train_saes
 from steerlab.world import score
 
+HELDOUT_SHARE = 10  # a real suite's text is held out for evaluation when its hash is 0 modulo this
+
 # evaluation sets with a gold answer (``topic`` texts have none)
 TASK_SETS = ("closed_book", "open_book_consistent", "conflict_trusted", "conflict_untrusted", "conflict_mixed",
              "mcqa_heldout", "reasoning_heldout", "harmful_direct", "harmful_jailbreak", "benign")
@@ -54,8 +57,9 @@ def paired_drop(clean: Sequence[bool], spliced: Sequence[bool]) -> tuple[float, 
 
 
 def _clean_and_spliced(sae, model, examples) -> dict:
-    clean = [score(e, a) for e, a in zip(examples, evaluate.answer(model, examples))]
-    spliced = [score(e, a) for e, a in zip(examples, evaluate.answer(model, examples, fwd_hooks=splice_hooks(sae)))]
+    clean = [bool(e.score(a)) for e, a in zip(examples, evaluate.answer(model, examples))]
+    spliced = [bool(e.score(a)) for e, a in zip(examples, evaluate.answer(model, examples,
+                                                                           fwd_hooks=splice_hooks(sae)))]
     drop, se = paired_drop(clean, spliced)
     return {"n": len(examples), "clean": sum(clean) / len(clean), "spliced": sum(spliced) / len(spliced),
             "drop": drop, "drop_se": se}
@@ -67,6 +71,65 @@ def task_accuracy(sae, model, world, n: int = 200) -> pd.DataFrame:
     sets = world.eval_sets(n)
     rows = [{"task": key, **_clean_and_spliced(sae, model, sets[key])} for key in TASK_SETS]
     return pd.DataFrame(rows).set_index("task")
+
+
+def suite_task_accuracy(sae, model, suite, n: int = 200) -> pd.DataFrame:
+    """:func:`task_accuracy` on any suite: a tinyworld suite gives the world's evaluation sets; any other
+    suite its closed-book ``facts`` (row ``facts``; a paired drop with standard error)."""
+    world = getattr(suite, "world", None)
+    if world is not None:
+        return task_accuracy(sae, model, world, n)
+    check_fits(model, sae)
+    if not suite.provides("facts"):
+        raise ValueError(f"the {suite.name} suite provides no facts: no task to measure the SAE's drop on")
+    return pd.DataFrame([{"task": "facts", **_clean_and_spliced(sae, model, suite.facts(n, seed=12345))}]
+                        ).set_index("task")
+
+
+def _heldout(text: str) -> bool:
+    import hashlib
+
+    return int(hashlib.md5(text.encode("utf-8")).hexdigest(), 16) % HELDOUT_SHARE == 0
+
+
+def suite_rows(model, suite, n_rows: int, context_size: int, seed: int = 0, heldout: bool = False
+               ) -> Int[Tensor, "batch pos"]:
+    """Token rows of a suite's text for SAE training (``heldout=False``) or evaluation (``True``).
+
+    tinyworld: one training text per row from ``world.training_stream(seed)`` (the model's own mixture, endless,
+    so training and evaluation differ by seed). Any other suite: its texts (``suite.texts``) packed into full rows
+    by the model's tokenizer; one text in ``HELDOUT_SHARE`` (by a hash of the text) is evaluation-only, the rest
+    training-only, so no evaluation text is ever trained on."""
+    world = getattr(suite, "world", None)
+    if world is not None:
+        return token_rows(world.training_stream(seed), model.tokenizer, n_rows, context_size)
+    n_texts = 4 * n_rows * max(context_size // 32, 1) * (HELDOUT_SHARE if heldout else 1) + 64
+    texts = [t for t in suite.texts(n_texts, seed) if _heldout(t) == heldout]
+    return token_rows(texts, model.tokenizer, n_rows, context_size, pack=True)
+
+
+def train_suite_saes(model, suite, cfg: SAETrainConfig, out_dir: str | Path, n_rows: int | None = None) -> TrainedSAEs:
+    """Train ``cfg``'s SAEs on a suite's training text (:func:`suite_rows`, seed ``cfg.seed + 1``): tinyworld's
+    recipe (:func:`train_tinyworld_saes`), or for any other suite ``n_rows`` packed rows (default: enough for
+    ``cfg.training_tokens`` activations once)."""
+    world = getattr(suite, "world", None)
+    if world is not None:
+        return train_tinyworld_saes(model, world, cfg, out_dir)
+    n_rows = n_rows or -(-cfg.training_tokens // (cfg.context_size - 1))
+    rows = suite_rows(model, suite, n_rows, cfg.context_size, seed=cfg.seed + 1)
+    return train_saes(model, rows, cfg, out_dir)
+
+
+def layer_quality(saes: Mapping, model, rows: Int[Tensor, "batch pos"], ce_rows: int | None = None) -> pd.DataFrame:
+    """One row per layer: explained_variance, mean_l0, dead_fraction, dense_fraction (:func:`reconstruction_stats`
+    on ``rows``) and the downstream CE / KL measures (:func:`downstream_loss`, on the first ``ce_rows`` rows)."""
+    per_layer = {}
+    for layer, s in saes.items():
+        rec = reconstruction_stats(s, model, rows)
+        per_layer[layer] = {"explained_variance": rec.explained_variance, "mean_l0": rec.mean_l0,
+                            "dead_fraction": rec.dead_fraction, "dense_fraction": rec.dense_fraction,
+                            **downstream_loss(s, model, rows[:ce_rows] if ce_rows else rows)}
+    return pd.DataFrame(per_layer).T.rename_axis("layer")
 
 
 def mcqa_split_accuracy(sae, model, world, n: int = 200) -> pd.DataFrame:
@@ -174,5 +237,62 @@ def train_tinyworld_saes(model, world, cfg: SAETrainConfig, out_dir: str | Path)
     """The shipped recipe: rows from ``world.training_stream(cfg.seed + 1)`` (enough for ``training_tokens``
     activations once, ~15 kept tokens a row), then :func:`train_saes`."""
     n_rows = max(cfg.training_tokens // 12, 64)
-    rows = token_rows(world, model.tokenizer, n_rows, cfg.context_size, seed=cfg.seed + 1)
+    rows = token_rows(world.training_stream(cfg.seed + 1), model.tokenizer, n_rows, cfg.context_size)
     return train_saes(model, rows, cfg, out_dir)
+
+
+SPREAD_COLS = ("concepts_detected_fraction", "max_task_acc_drop", "dead_fraction", "mi_precision_at_10",
+               "mi_minus_maxact")
+
+
+def seed_spread(table_sweep: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``{recipe: min/mean/max over its seeds}`` of ``SPREAD_COLS`` for the recipe in use (row ``used`` and the
+    seed-only variants) and every other recipe swept with several seeds (:func:`recipe_of` groups the rows)."""
+    recipes = table_sweep.assign(mi_minus_maxact=table_sweep.mi_precision_at_10 - table_sweep.maxact_precision_at_10,
+                                 recipe=[recipe_of(v) for v in table_sweep.index])
+    groups = {r: g for r, g in recipes.groupby("recipe", sort=False) if r == "used" or len(g) > 1}
+    return {r: g[list(SPREAD_COLS)].agg(["min", "mean", "max"]).assign(n=len(g)) for r, g in groups.items()}
+
+
+def summary(quality: pd.DataFrame, default_layer: int, tasks: pd.DataFrame, concept_table: pd.DataFrame | None,
+            retrained: bool, d_sae: int, n_tasks: int, mcqa_split: pd.DataFrame | None = None,
+            sweep: pd.DataFrame | None = None, by_pos: pd.DataFrame | None = None,
+            recipe: SAETrainConfig | None = None) -> dict:
+    """Notebook 01's metrics: the default-layer SAE's quality (``quality``: :func:`layer_quality`), its largest
+    task drop (``tasks``: :func:`suite_task_accuracy`), concept detection (``concept_table``), per-layer values
+    ``layer{L}_*``, and where measured the multiple-choice split, the recipe sweep (``sweep_<variant>_*``,
+    ``seeds_*``) and the knowledge source at the answer position. ``recipe`` adds ``training_tokens``."""
+    q = quality.loc[default_layer]
+    worst = tasks["drop"].idxmax()
+    metrics = {m: q[m] for m in ("explained_variance", "ce_loss_recovered", "dead_fraction", "dense_fraction",
+                                 "mean_l0", "kl_to_clean")}
+    metrics.update({"max_task_acc_drop": float(tasks["drop"].max()),
+                    "max_task_acc_drop_se": float(tasks.loc[worst, "drop_se"]), "max_task_acc_drop_task": worst,
+                    "n_tasks": n_tasks, "default_layer": default_layer, "retrained": bool(retrained), "d_sae": d_sae})
+    if "facts" in tasks.index:  # a real suite: the fact accuracy with and without the SAE
+        metrics.update({f"fact_acc_{c}": float(tasks.loc["facts", c]) for c in ("clean", "spliced", "drop", "drop_se")})
+    if concept_table is not None:
+        metrics.update({"concepts_detected_fraction": concepts.detected_fraction(concept_table),
+                        "n_concepts": len(concept_table)})
+        metrics.update({f"{c}_auroc": a for c, a in concept_table["auroc"].items()})
+    if mcqa_split is not None:
+        metrics.update({f"mcqa_{h.split()[0]}_acc_drop": float(r["drop"]) for h, r in mcqa_split.iterrows()})
+    if sweep is not None and len(sweep):
+        for label, row in sweep.iterrows():  # "used" is the SAE above, the rest are the recipe variants
+            metrics.update({f"sweep_{label}_{m}": row[m] for m in (
+                "explained_variance", "dead_fraction", "max_task_acc_drop", "concepts_detected_fraction",
+                "mi_precision_at_10", "maxact_precision_at_10", "kl_to_clean")})
+        for r, spread in seed_spread(sweep).items():  # seeds_* for the recipe in use, seeds_<recipe>_* otherwise
+            key = "seeds" if r == "used" else f"seeds_{r}"
+            metrics[f"{key}_n"] = int(spread["n"].iloc[0])
+            metrics.update({f"{key}_{m}_{s}": float(spread.loc[s, m]) for m in SPREAD_COLS for s in ("min", "max")})
+    if by_pos is not None:
+        metrics["knowledge_source_at_answer_auroc"] = float(by_pos["auroc"].iloc[-1])  # not a concept
+    for layer, row in quality.iterrows():
+        metrics.update({f"layer{layer}_{m}": row[m] for m in ("explained_variance", "ce_loss_recovered",
+                                                              "dead_fraction", "mean_l0")})
+        if "kl_to_clean" in row and "facts" in tasks.index:
+            metrics[f"layer{layer}_kl_to_clean"] = row["kl_to_clean"]
+    if recipe is not None:
+        metrics["training_tokens"] = recipe.training_tokens
+    return metrics

@@ -223,7 +223,9 @@ def explain(model, sae, words: Sequence[str] | None = None, cfg: ExplainConfig =
 
 
 def default_words(model) -> list[str]:
-    """The fixed explanation vocabulary: the world's lexicon for tinyworld, the shipped English list else."""
+    """The fixed explanation vocabulary: the world's lexicon for a tinyworld model that carries its world (older
+    loaders), the shipped English list (``data/vocab/english_5000.txt``) else. Notebooks pass the suite's words
+    (``steerlab.evals.explanations.vocabulary``)."""
     world = getattr(model, "world", None)
     if world is not None:
         return world.lexicon()
@@ -234,14 +236,17 @@ def default_words(model) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- baselines
 def token_strings(model) -> list[str]:
-    """Every token of the model's vocabulary as a string, by id."""
-    return [model.tokenizer.convert_ids_to_tokens(i) for i in range(model.cfg.d_vocab)]
+    """Every token of the model's vocabulary as the tokenizer decodes it alone (a subword keeps its leading
+    space, ``" guitar"``; tinyworld's word-level tokens are the words), by id."""
+    return model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
 
 
 @torch.no_grad()
-def logit_lens(model, sae, top_n: int = 10, chunk_size: int = 4096) -> Explanations:
-    """Top tokens of ``W_dec[c] @ W_U`` per feature (scores: the logit-lens values)."""
+def logit_lens(model, sae, top_n: int = 10, chunk_size: int | None = None) -> Explanations:
+    """Top tokens of ``W_dec[c] @ W_U`` per feature (scores: the logit-lens values). ``chunk_size`` features per
+    block (default: a block of about 50M floats, 4096 features at most: 190 for a 262k vocabulary)."""
     W_dec, W_U = sae.W_dec.detach().float(), model.W_U.detach().float()
+    chunk_size = chunk_size or max(1, min(4096, 50_000_000 // W_U.shape[1]))
     idx, val = torch.empty(W_dec.shape[0], top_n, dtype=torch.long), torch.empty(W_dec.shape[0], top_n)
     for s in range(0, W_dec.shape[0], chunk_size):
         top = (W_dec[s: s + chunk_size] @ W_U).topk(top_n, dim=1)
@@ -277,12 +282,23 @@ def feature_activations(model, sae, texts: Sequence[str], batch_size: int = 64, 
 def max_activating(model, sae, texts: Sequence[str], top_n: int = 10, batch_size: int = 64,
                    hook_name: str | None = None, progress: bool = True) -> Explanations:
     """The ``top_n`` distinct tokens at which each feature fires most over ``texts`` (``<bos>`` and padding
-    excluded; scores: the max activations). Keeps a ``[d_sae, d_vocab]`` float32 table of maxima."""
-    best = torch.zeros(sae.cfg.d_sae, model.cfg.d_vocab)
+    excluded; scores: the max activations; indices: token ids). Keeps a ``[d_sae, n]`` float32 table of maxima
+    over the ``n`` distinct tokens the corpus holds (not the whole vocabulary: Gemma has 262k tokens)."""
+    col = torch.full((model.cfg.d_vocab,), -1, dtype=torch.long)  # token id -> column of the table
+    ids: list[int] = []  # column -> token id
+    best = torch.zeros(sae.cfg.d_sae, 0)
     for _, tokens, z in feature_activations(model, sae, texts, batch_size, hook_name, progress):
-        best.scatter_reduce_(1, tokens.expand(sae.cfg.d_sae, -1), z.T, reduce="amax")
+        new = [int(t) for t in torch.unique(tokens) if col[t] < 0]
+        if new:  # tokens seen for the first time get zero columns
+            col[torch.tensor(new)] = torch.arange(len(ids), len(ids) + len(new))
+            ids += new
+            best = torch.cat([best, torch.zeros(sae.cfg.d_sae, len(new))], 1)
+        best.scatter_reduce_(1, col[tokens].expand(sae.cfg.d_sae, -1), z.T, reduce="amax")
+    if best.shape[1] < top_n:  # fewer distinct tokens than top_n: pad with zero columns (no word)
+        best = torch.cat([best, torch.zeros(sae.cfg.d_sae, top_n - best.shape[1])], 1)
+        ids += [0] * (top_n - len(ids))
     top = best.topk(top_n, dim=1)
-    idx = torch.where(top.values > 0, top.indices, torch.full_like(top.indices, -1))
+    idx = torch.where(top.values > 0, torch.tensor(ids, dtype=torch.long)[top.indices], torch.full_like(top.indices, -1))
     return Explanations("max_act", token_strings(model), idx, top.values)
 
 

@@ -28,14 +28,25 @@ def splice_hooks(sae, keep_bos: bool = True) -> list:
     return [(hook, fn)]
 
 
+def stop_layer(hook_name: str) -> int | None:
+    """The ``stop_at_layer`` that still computes ``hook_name`` (``blocks.{L}.*`` -> ``L + 1``; ``None`` for any
+    other hook: run the whole model). Skips the later blocks and the unembedding when only a hook is read."""
+    parts = hook_name.split(".")
+    return int(parts[1]) + 1 if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
+
+
 def iter_activations(model, rows: Int[Tensor, "batch pos"], hook_name: str, batch_size: int = 256,
-                     exclude: tuple[int, ...] = ()) -> Iterator[Float[Tensor, "n d_model"]]:
-    """Activations of ``hook_name`` on ``rows`` (batches of rows), flattened over kept positions."""
+                     exclude: tuple[int, ...] = (), skip_first: bool = True) -> Iterator[Float[Tensor, "n d_model"]]:
+    """Activations of ``hook_name`` on ``rows`` (batches of rows), flattened over kept positions: not a token in
+    ``exclude`` and, with ``skip_first``, not position 0 (a real model's first position has a residual norm
+    many times the others, whatever its token)."""
     excl = torch.tensor(list(exclude), dtype=torch.long)
     for s in range(0, rows.shape[0], batch_size):
         tokens = rows[s: s + batch_size]
         with torch.no_grad():
-            _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+            _, cache = model.run_with_cache(tokens, names_filter=hook_name, stop_at_layer=stop_layer(hook_name))
         acts = cache[hook_name]
         keep = ~torch.isin(tokens, excl) if len(excl) else torch.ones_like(tokens, dtype=torch.bool)
+        if skip_first:
+            keep[:, 0] = False
         yield acts[keep]

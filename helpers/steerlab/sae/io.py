@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from steerlab.core.activations import model_fingerprint
+from steerlab.core.hooks import hook_name_for
 from steerlab.models.paths import DATA_DIR
 
 SAE_DIR = DATA_DIR / "saes"
@@ -35,11 +36,6 @@ def default_layer(model_name: str) -> int:
 def shipped_sae_dir(model_name: str) -> Path:
     """``data/saes/<model_name>``: where the SAEs steerlab ships (or notebook 01 retrains) for a model live."""
     return SAE_DIR / model_name
-
-
-def hook_name_for(layer: int) -> str:
-    """The residual-stream hook an SAE of ``layer`` reads."""
-    return f"blocks.{int(layer)}.hook_resid_post"
 
 
 def _folder(source: str, layer: int | None, hook_name: str | None) -> Path | None:

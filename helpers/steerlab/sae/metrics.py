@@ -1,7 +1,8 @@
 """SAE quality by the field's own measures, for any SAE on any model (no task suite needed).
 
-Reconstruction and sparsity are measured on held-out token rows (``<bos>`` and ``<pad>`` positions left out,
-as in training); the downstream measures splice the SAE into the forward pass with
+Reconstruction and sparsity are measured on held-out token rows (position 0, ``<bos>`` and ``<pad>`` left out,
+as in training: a real model's first position has a residual norm many times the others); the downstream
+measures splice the SAE into the forward pass with
 :func:`steerlab.sae.splice_hooks` (every position but ``<bos>``):
 
 * ``explained_variance`` = 1 - sum |x - x_hat|^2 / sum |x - mean(x)|^2 over all kept tokens;
@@ -41,7 +42,8 @@ class ReconStats:
 @torch.no_grad()
 def reconstruction_stats(sae, model, rows: Int[Tensor, "batch pos"], dense_threshold: float = 0.1,
                          batch_size: int = 256) -> ReconStats:
-    """Explained variance, L0, dead and dense fractions of ``sae`` on the hook activations of ``rows``."""
+    """Explained variance, L0, dead and dense fractions of ``sae`` on the hook activations of ``rows`` (position
+    0, ``<bos>`` and ``<pad>`` excluded)."""
     check_fits(model, sae)
     tok = model.tokenizer
     sse = 0.0
@@ -62,7 +64,7 @@ def reconstruction_stats(sae, model, rows: Int[Tensor, "batch pos"], dense_thres
         l0 += float(active.sum())
         n += x.shape[0]
     if n == 0:
-        raise ValueError("no activations to evaluate: the rows hold only <bos>/<pad> tokens")
+        raise ValueError("no activations to evaluate: the rows hold only <bos>/<pad> tokens after position 0")
     total_var = float(s2 - (s1 ** 2).sum() / n)
     rate = (fires / n).float()
     return ReconStats(explained_variance=1 - sse / total_var, mse=sse / (n * sae.cfg.d_in), mean_l0=l0 / n,
@@ -86,27 +88,35 @@ def next_token_kl(logp_clean: Tensor, logp: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def downstream_loss(sae, model, rows: Int[Tensor, "batch pos"], batch_size: int = 128) -> dict[str, float]:
-    """Clean, spliced and zero-ablated next-token CE, ``ce_loss_recovered`` and ``kl_to_clean``."""
+def downstream_loss(sae, model, rows: Int[Tensor, "batch pos"], batch_size: int = 128,
+                    max_logits: int = 2 ** 26) -> dict[str, float]:
+    """Clean, spliced and zero-ablated next-token CE, ``ce_loss_recovered`` and ``kl_to_clean``.
+
+    Targets are the non-pad tokens after position 0; position 0 keeps its clean activation in both
+    interventions. Batches hold at most ``max_logits`` logits (``batch * pos * d_vocab``: a 262k-token vocabulary
+    makes a few rows a batch)."""
     check_fits(model, sae)
     pad = model.tokenizer.pad_token_id
     hook = sae.cfg.metadata.hook_name
+    batch_size = max(1, min(batch_size, max_logits // (rows.shape[1] * model.cfg.d_vocab)))
     totals = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_zero": 0.0, "kl_to_clean": 0.0}
     n = 0
     for s in range(0, rows.shape[0], batch_size):
         tokens = rows[s: s + batch_size]
         mask = tokens[:, 1:] != pad  # targets that are real tokens
-        logp = {}
+        clean = None
         for name, hooks in (("clean", []), ("spliced", splice_hooks(sae)), ("zero", _zero_hooks(hook))):
             with model.hooks(fwd_hooks=hooks):
-                logp[name] = model(tokens)[:, :-1].float().log_softmax(-1)
-            nll = -logp[name].gather(-1, tokens[:, 1:, None])[..., 0]
+                logp = model(tokens)[:, :-1].float().log_softmax(-1)
+            nll = -logp.gather(-1, tokens[:, 1:, None])[..., 0]
             totals[f"ce_{name}"] += float(nll[mask].sum())
-        totals["kl_to_clean"] += float(next_token_kl(logp["clean"], logp["spliced"])[mask].sum())
+            if name == "clean":
+                clean = logp
+            elif name == "spliced":
+                totals["kl_to_clean"] += float(next_token_kl(clean, logp)[mask].sum())
+            del logp
         n += int(mask.sum())
     out = {k: v / n for k, v in totals.items()}
     gap = out["ce_zero"] - out["ce_clean"]
     out["ce_loss_recovered"] = (out["ce_zero"] - out["ce_spliced"]) / gap if gap > 0 else float("nan")
     return out
-
-

@@ -3,16 +3,20 @@
 Conventions (SAELens): weights ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``,
 ``b_dec [d_in]``; an SAE reads and writes the TransformerLens hook ``sae.cfg.metadata.hook_name``.
 
-Shipped SAEs live in SAELens's own on-disk format, one folder per hook::
+SAEs are saved in SAELens's own on-disk format, one folder per hook::
 
-    data/saes/tinyworld/blocks.{L}.hook_resid_post/cfg.json               (SAELens config + metadata)
-    data/saes/tinyworld/blocks.{L}.hook_resid_post/sae_weights.safetensors
-    data/saes/tinyworld/training.json                                      (the recipe: SAETrainConfig + curves)
+    <out_dir>/blocks.{L}.hook_resid_post/cfg.json               (SAELens config + metadata)
+    <out_dir>/blocks.{L}.hook_resid_post/sae_weights.safetensors
+    <out_dir>/training.json                                      (the recipe: SAETrainConfig + curves)
 
-Training (:func:`train_saes`) runs SAELens's ``LanguageModelSAETrainingRunner`` with the in-memory model as
-``override_model`` and tinyworld token rows (:func:`token_rows`) as ``override_dataset``; wandb is off and
-every output goes under the caller's folder. Rows are ``<bos> text <eos> <pad> ...`` exactly as the model was
-trained (one text per row, right padding); ``<bos>`` and ``<pad>`` positions are excluded from the activations.
+Data: :func:`token_rows` turns any texts into rows ``<bos> text <pad> ...`` of ``context_size`` tokens with the
+model's own tokenizer (subword or word level). :func:`train_saes` runs the model ONCE over the rows, keeping the
+residual stream of every layer in ``cfg.layers`` at every position that is not ``<bos>``/``<pad>`` (and never
+position 0: a real model's first position carries a residual norm ~10x the others), then trains one SAE per
+layer with SAELens's ``SAETrainer`` on shuffled batches of those activations (several passes when
+``cfg.training_tokens`` exceeds the harvest). With ``normalize_activations="expected_average_only_in"`` the
+activations are scaled to mean norm ``sqrt(d_model)`` during training and SAELens folds the factor back into
+the weights, so the saved SAE reads and writes RAW activations. Nothing reaches the network or wandb.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import torch
 from jaxtyping import Float, Int
@@ -37,6 +41,8 @@ from steerlab.sae.io import SAE_DIR, hook_name_for, load_sae
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
+NORMALIZATIONS = ("none", "expected_average_only_in")  # SAELens normalize_activations values supported here
+B_DEC_INITS = ("zeros", "mean")
 
 
 @dataclass
@@ -48,17 +54,22 @@ class SAETrainConfig:
     d_sae: int = 512  # latents per SAE (4x d_model of tinyworld)
     k: int = 32  # active latents per token (topk, batchtopk)
     l1_coefficient: float = 5.0  # sparsity penalty (standard: L1; jumprelu: L0 coefficient)
-    training_tokens: int = 400_000  # activations seen per SAE (<bos>/<pad> positions excluded)
+    training_tokens: int = 400_000  # activations seen per SAE (<bos>/<pad> positions excluded; repeats the
+    # harvest when the rows hold fewer)
     batch_tokens: int = 2048  # activations per optimiser step
     lr: float = 1e-3  # Adam learning rate
     lr_warm_up_steps: int = 20  # linear warm-up steps
-    context_size: int = 28  # tokens per row (tinyworld texts are <= 27 tokens with <bos>)
-    n_batches_in_buffer: int = 256  # mixing buffer size, in rows of context_size activations
-    store_batch_size_prompts: int = 64  # rows per model forward when filling the buffer
+    context_size: int = 28  # tokens per row, <bos> included (the default fits tinyworld's texts)
+    n_batches_in_buffer: int = 256  # SAELens's mixing-buffer size in rows (recorded for old recipes; the harvest
+    # is shuffled whole, which is what a large buffer approximates)
+    store_batch_size_prompts: int = 64  # rows per model forward when harvesting activations
     seed: int = 0  # SAE init and data seed
     log_every: int = 5  # training steps between recorded curve points
     kl_finetune_steps: int = 0  # then fine-tune the decoder on downstream KL for this many steps (steerlab.sae_finetune)
     kl_finetune_lr: float = 3e-4  # Adam learning rate of that fine-tuning
+    normalize_activations: str = "none"  # "none" or "expected_average_only_in": train on activations scaled to
+    # mean norm sqrt(d_model), folded back into the saved weights (needed on real models' large residuals)
+    b_dec_init: str = "zeros"  # "zeros" or "mean": start the decoder bias at the (scaled) activation mean
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -79,6 +90,11 @@ class SAETrainConfig:
         if self.kl_finetune_steps < 0 or self.kl_finetune_lr <= 0:
             raise ValueError(f"SAETrainConfig: kl_finetune_steps must be >= 0 (0 = off) and kl_finetune_lr > 0 "
                              f"(got {self.kl_finetune_steps}, {self.kl_finetune_lr})")
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise ValueError(f"SAETrainConfig.normalize_activations={self.normalize_activations!r}; use one of "
+                             f"{NORMALIZATIONS}")
+        if self.b_dec_init not in B_DEC_INITS:
+            raise ValueError(f"SAETrainConfig.b_dec_init={self.b_dec_init!r}; use one of {B_DEC_INITS}")
         if self.training_tokens < self.batch_tokens:
             raise ValueError(f"training_tokens ({self.training_tokens}) < batch_tokens ({self.batch_tokens}): "
                              "no optimiser step would run")
@@ -93,28 +109,84 @@ class TrainedSAEs(NamedTuple):
     seconds: dict  # layer -> wall-clock training seconds
 
 
-def token_rows(world, tokenizer, n_rows: int, context_size: int, seed: int = 0) -> Int[Tensor, "batch pos"]:
-    """``n_rows`` training texts as rows ``<bos> text <pad>...`` of exactly ``context_size`` tokens.
+def token_rows(texts: Iterable[str], tokenizer, n_rows: int, context_size: int, pack: bool = False,
+               separator: str = "\n\n") -> Int[Tensor, "batch pos"]:
+    """``n_rows`` rows of exactly ``context_size`` tokens, each ``<bos>`` followed by text tokens.
 
-    Texts come from ``world.training_stream(seed)`` (the model's own training mixture). A text longer than
-    ``context_size - 1`` words is cut.
+    Each text is tokenized by ``tokenizer`` (a Hugging Face tokenizer: any subword or word-level scheme; no
+    special tokens added). Without ``pack`` a row is one text, cut after ``context_size - 1`` tokens and padded
+    with ``<pad>`` (tinyworld's layout: one text per row, as the model was trained). With ``pack`` texts are
+    joined by ``separator`` and cut into full rows (no padding, the usual layout for a real model's corpus;
+    the rest of a text that does not fit starts the next row). A tokenizer without a pad token pads with its eos
+    token. Raises when ``texts`` runs out before ``n_rows``.
     """
     if n_rows <= 0 or context_size < 2:
         raise ValueError(f"token_rows needs n_rows > 0 and context_size >= 2 (got {n_rows}, {context_size})")
-    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
-    stream = world.training_stream(seed)
-    rows = []
-    for _ in range(n_rows):
-        ids = [bos] + tokenizer.convert_tokens_to_ids(next(stream).split())[: context_size - 1]
-        rows.append(ids + [pad] * (context_size - len(ids)))
-    return torch.tensor(rows, dtype=torch.long)
+    bos = tokenizer.bos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if bos is None or pad is None:
+        raise ValueError("token_rows needs a tokenizer with a bos token and a pad (or eos) token")
+    sep = list(tokenizer(separator, add_special_tokens=False)["input_ids"]) if pack else []
+    rows: list[list[int]] = []
+    buf: list[int] = []
+    for text in texts:
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if not pack:
+            rows.append([bos] + ids[: context_size - 1])
+        else:
+            buf += (sep if buf else []) + ids
+            while len(buf) >= context_size - 1 and len(rows) < n_rows:
+                rows.append([bos] + buf[: context_size - 1])
+                buf = buf[context_size - 1:]
+        if len(rows) >= n_rows:
+            break
+    if len(rows) < n_rows:
+        raise ValueError(f"token_rows: the texts ran out after {len(rows)} of {n_rows} rows")
+    return torch.tensor([r + [pad] * (context_size - len(r)) for r in rows[:n_rows]], dtype=torch.long)
+
+
+def special_ids(tokenizer) -> tuple[int, ...]:
+    """Token ids never used as SAE training or evaluation activations: ``<bos>`` and ``<pad>``."""
+    return tuple(sorted({i for i in (tokenizer.bos_token_id, tokenizer.pad_token_id) if i is not None}))
+
+
+@torch.no_grad()
+def harvest(model, rows: Int[Tensor, "batch pos"], layers: tuple[int, ...], batch_size: int = 64
+            ) -> dict[int, Float[Tensor, "n d_model"]]:
+    """``{layer: activations}`` of ``blocks.{layer}.hook_resid_post`` over ``rows`` in one pass of the model per
+    batch (stopped after the deepest layer), at every position that is not position 0, ``<bos>`` or ``<pad>``;
+    the ``n`` kept positions are in row-major order, the same for every layer."""
+    names = [hook_name_for(layer) for layer in layers]
+    excl = torch.tensor(special_ids(model.tokenizer), dtype=torch.long)
+    out: dict[int, list] = {layer: [] for layer in layers}
+    for s in range(0, rows.shape[0], batch_size):
+        tokens = rows[s: s + batch_size].to(model.cfg.device)
+        keep = ~torch.isin(tokens, excl.to(tokens.device))
+        keep[:, 0] = False
+        _, cache = model.run_with_cache(tokens, names_filter=names, stop_at_layer=max(layers) + 1)
+        for layer, name in zip(layers, names):
+            out[layer].append(cache[name][keep].float().cpu())
+    return {layer: torch.cat(chunks) for layer, chunks in out.items()}
+
+
+def _batches(acts: Tensor, batch: int, seed: int) -> Iterator[Tensor]:
+    """Endless shuffled batches of ``batch`` rows of ``acts`` (a fresh permutation per pass, last partial dropped)."""
+    g = torch.Generator().manual_seed(seed)
+    if acts.shape[0] < batch:
+        raise ValueError(f"only {acts.shape[0]} activations were harvested, fewer than batch_tokens={batch}: "
+                         "give more rows")
+    while True:
+        perm = torch.randperm(acts.shape[0], generator=g)
+        for s in range(0, acts.shape[0] - batch + 1, batch):
+            yield acts[perm[s: s + batch]]
 
 
 def _sae_cfg(cfg: SAETrainConfig, d_in: int):
     from sae_lens import (BatchTopKTrainingSAEConfig, JumpReLUTrainingSAEConfig, StandardTrainingSAEConfig,
                           TopKTrainingSAEConfig)
 
-    common = dict(d_in=d_in, d_sae=cfg.d_sae, dtype="float32", device="cpu")
+    common = dict(d_in=d_in, d_sae=cfg.d_sae, dtype="float32", device="cpu",
+                  normalize_activations=cfg.normalize_activations)
     if cfg.architecture == "topk":
         return TopKTrainingSAEConfig(k=cfg.k, **common)
     if cfg.architecture == "batchtopk":
@@ -160,8 +232,7 @@ class _CurveRecorder:
 def _quiet_sae_lens():
     """Silence what SAELens prints for a run that is configured on purpose, so a notebook shows our log lines:
     its progress bar and prints, the warnings that the model and dataset are overridden (they are: offline, in
-    memory), that the dataset has fewer rows than training tokens (rows hold several tokens each;
-    :func:`train_tinyworld_saes` sizes them for one pass), and a tensor-copy warning inside its data loader."""
+    memory) and the norm-estimate progress bar."""
     sae_log = logging.getLogger("sae_lens")
     level = sae_log.level
     sae_log.setLevel(logging.ERROR)
@@ -178,14 +249,14 @@ def _quiet_sae_lens():
 def train_saes(model, rows: Int[Tensor, "batch pos"], cfg: SAETrainConfig, out_dir: str | Path) -> TrainedSAEs:
     """Train one SAE per layer in ``cfg.layers`` with SAELens on the activations of ``rows``.
 
-    Writes ``out_dir/blocks.{L}.hook_resid_post/`` (SAELens format) and ``out_dir/training.json`` (the
-    recipe and curves). Nothing is written outside ``out_dir`` and nothing reaches the network. With
-    ``cfg.kl_finetune_steps > 0`` each SAE's decoder is then fine-tuned on the downstream KL over the same rows
-    (:mod:`steerlab.sae_finetune`; its curve is ``curves[layer]["kl_finetune"]``).
+    The activations of every layer are harvested in one pass (:func:`harvest`: no position 0, ``<bos>`` or
+    ``<pad>``), then each SAE is trained by SAELens's ``SAETrainer`` on ``cfg.training_tokens`` of them.
+    Writes ``out_dir/blocks.{L}.hook_resid_post/`` (SAELens format, RAW-activation weights) and
+    ``out_dir/training.json`` (the recipe and curves). Nothing is written outside ``out_dir`` and nothing
+    reaches the network. With ``cfg.kl_finetune_steps > 0`` each SAE's decoder is then fine-tuned on the
+    downstream KL over the same rows (:mod:`steerlab.sae.finetune`; its curve is
+    ``curves[layer]["kl_finetune"]``).
     """
-    from datasets import Dataset
-    from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
-
     if rows.shape[1] < cfg.context_size:
         raise ValueError(f"token rows are {rows.shape[1]} tokens long but context_size={cfg.context_size}: "
                          "build them with token_rows(..., context_size=cfg.context_size)")
@@ -193,37 +264,16 @@ def train_saes(model, rows: Int[Tensor, "batch pos"], cfg: SAETrainConfig, out_d
         if not 0 <= layer < model.cfg.n_layers:
             raise ValueError(f"layer {layer} does not exist: the model has layers 0..{model.cfg.n_layers - 1}")
     out_dir = Path(out_dir)
-    dataset = Dataset.from_dict({"tokens": rows.tolist()})
-    tok = model.tokenizer
+    start = time.perf_counter()
+    acts = harvest(model, rows, cfg.layers, cfg.store_batch_size_prompts)
+    harvest_s = time.perf_counter() - start
+    n_acts = int(next(iter(acts.values())).shape[0])
+    log.info("harvested %d activations per layer at %s in %.1f s", n_acts, list(cfg.layers), harvest_s)
     result = TrainedSAEs({}, {}, {}, {})
     for layer in cfg.layers:
-        hook = hook_name_for(layer)
-        path = out_dir / hook
-        runner_cfg = LanguageModelSAERunnerConfig(
-            sae=_sae_cfg(cfg, model.cfg.d_model), model_name=model.cfg.model_name, hook_name=hook,
-            dataset_path="tinyworld-training-stream", is_dataset_tokenized=True, streaming=False,
-            context_size=cfg.context_size, prepend_bos=False, disable_concat_sequences=True,
-            exclude_special_tokens=[tok.bos_token_id, tok.pad_token_id],
-            n_batches_in_buffer=cfg.n_batches_in_buffer, store_batch_size_prompts=cfg.store_batch_size_prompts,
-            training_tokens=cfg.training_tokens, train_batch_size_tokens=cfg.batch_tokens, lr=cfg.lr,
-            lr_warm_up_steps=cfg.lr_warm_up_steps, seed=cfg.seed + layer, device="cpu",
-            logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, checkpoint_path=str(out_dir / "checkpoints"),
-            output_path=str(path), verbose=False, n_batches_for_norm_estimate=10, n_eval_batches=1,
-            model_from_pretrained_kwargs={},  # the model is handed in, never loaded by SAELens
-        )
-        torch.manual_seed(cfg.seed + layer)
-        with _quiet_sae_lens():
-            runner = LanguageModelSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
-        runner.sae.cfg.metadata.model_fingerprint = model_fingerprint(model)
-        recorder = _CurveRecorder(runner.sae, cfg.log_every)
+        path = out_dir / hook_name_for(layer)
         start = time.perf_counter()
-        try:
-            with _quiet_sae_lens():
-                runner.run()
-        finally:
-            recorder.remove()
-        _patch_metadata(path, model)
-        result.curves[layer] = recorder.curve
+        result.curves[layer] = _train_one(model, acts.pop(layer), layer, cfg, path)
         if cfg.kl_finetune_steps:
             from steerlab.sae.finetune import finetune_folder
 
@@ -232,12 +282,52 @@ def train_saes(model, rows: Int[Tensor, "batch pos"], cfg: SAETrainConfig, out_d
         result.seconds[layer] = time.perf_counter() - start
         result.paths[layer] = path
         result.saes[layer] = load_sae(path)
-        log.info("trained SAE on %s in %.1f s (final FVU %.3f)", hook, result.seconds[layer],
-                 recorder.curve["fvu"][-1] if recorder.curve["fvu"] else float("nan"))
+        fvu = result.curves[layer]["fvu"]
+        log.info("trained SAE on %s in %.1f s (final FVU %.3f)", hook_name_for(layer), result.seconds[layer],
+                 fvu[-1] if fvu else float("nan"))
     (out_dir / "training.json").write_text(json.dumps(
         {"config": asdict(cfg), "model_name": model.cfg.model_name, "model_fingerprint": model_fingerprint(model),
-         "seconds": result.seconds, "curves": result.curves, "n_rows": int(rows.shape[0])}, indent=1))
+         "seconds": result.seconds, "harvest_seconds": harvest_s, "curves": result.curves,
+         "n_rows": int(rows.shape[0]), "n_activations": n_acts}, indent=1))
     return result
+
+
+def _train_one(model, acts: Float[Tensor, "n d_model"], layer: int, cfg: SAETrainConfig, path: Path) -> dict:
+    """Train, fold and save one SAE on ``acts`` (raw activations of ``layer``); returns its curve."""
+    from sae_lens import LoggingConfig, TrainingSAE
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(cfg.seed + layer)
+    sae = TrainingSAE.from_dict(_sae_cfg(cfg, model.cfg.d_model).to_dict())
+    meta = sae.cfg.metadata
+    meta.hook_name, meta.model_name = hook_name_for(layer), model.cfg.model_name
+    meta.model_fingerprint = model_fingerprint(model)
+    trainer = SAETrainer(cfg=SAETrainerConfig(
+        total_training_samples=cfg.training_tokens, train_batch_size_samples=cfg.batch_tokens, lr=cfg.lr,
+        lr_end=cfg.lr / 10, lr_warm_up_steps=cfg.lr_warm_up_steps, device="cpu", n_checkpoints=0,
+        checkpoint_path=None, logger=LoggingConfig(log_to_wandb=False)),
+        sae=sae, data_provider=_batches(acts, cfg.batch_tokens, cfg.seed + layer))
+    scale = 1.0
+    if cfg.normalize_activations == "expected_average_only_in":
+        # SAELens's own estimate, on the whole harvest: fit() keeps a preset factor and folds it in at the end
+        scale = float(model.cfg.d_model ** 0.5 / acts.norm(dim=-1).mean())
+        trainer.activation_scaler.scaling_factor = scale
+    if cfg.b_dec_init == "mean":
+        with torch.no_grad():
+            sae.b_dec.copy_(acts.mean(0) * scale)
+    recorder = _CurveRecorder(sae, cfg.log_every)
+    try:
+        with _quiet_sae_lens():
+            trainer.fit()  # folds the scaling factor into W_enc, W_dec, b_dec: the result reads raw activations
+    finally:
+        recorder.remove()
+    path.mkdir(parents=True, exist_ok=True)
+    sae.save_inference_model(str(path))
+    _patch_metadata(path, model)
+    curve = recorder.curve
+    curve["scaling_factor"] = scale
+    return curve
 
 
 def _patch_metadata(path: Path, model) -> None:
@@ -254,7 +344,8 @@ def _patch_metadata(path: Path, model) -> None:
 def load_recipe(source: str | Path = "tinyworld") -> SAETrainConfig:
     """The :class:`SAETrainConfig` a set of SAEs was trained with, from the ``training.json`` that
     :func:`train_saes` writes beside them (``"tinyworld"``: the shipped SAEs)."""
-    path = (SAE_DIR / "tinyworld" if str(source) == "tinyworld" else Path(source)) / "training.json"
+    path = (SAE_DIR / str(source) if (SAE_DIR / str(source)).is_dir() and "/" not in str(source)
+            else Path(source)) / "training.json"
     try:
         cfg = json.loads(path.read_text())["config"]
         return SAETrainConfig(**cfg)  # __post_init__ turns the JSON list of layers back into a tuple

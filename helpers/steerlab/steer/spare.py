@@ -5,7 +5,8 @@ As the authors' code does it (see METHODS.md):
 1. :func:`label_conflicts` runs the model greedily on knowledge-conflict prompts and labels each by its own
    answer: the context value (``sub``) -> ``y = 1`` (uses context), the memory value (``org``) -> ``y = 0``,
    anything else is dropped. It also stores ``ss_loss`` = -log p(sub | prompt) and ``so_loss`` =
-   -log p(org | prompt) (answers are one token in tinyworld, so the LM loss of the answer is one term).
+   -log p(org | prompt), each summed over the value's tokens (multi-token on a subword tokenizer). The authors
+   take the mean LM loss of the whole sequence; the answer's own NLL keeps the weight about the answer.
 2. :func:`hidden_states` takes the residual stream at the last prompt position after each chosen block;
    :func:`fit_spare` encodes it with the layer's SAE before any top-k cut (``steerlab.sae.encode_pre_topk``).
 3. Each feature is min-max scaled over the pooled prompts and ``I(z_j; y)`` is estimated by scikit-learn's
@@ -18,7 +19,7 @@ As the authors' code does it (see METHODS.md):
 5. :func:`spare_hooks`, toward context: ``z- = min(alpha w_M, z)`` on ``Z_M``, ``z+ = max(alpha w_C - z, 0)``
    on ``Z_C``, ``h' = h - z- W_dec[Z_M] + z+ W_dec[Z_C]`` at the last prompt position of every fitted layer
    (toward memory swaps C and M). ``z`` is read with the encoder and written with decoder rows
-   (``steerlab.hooks`` explains why).
+   (``steerlab.steer.features`` explains why).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from sklearn.feature_selection import mutual_info_classif
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from steerlab.core import run as evaluate
 from steerlab.core import hooks
-from steerlab.core.text import conflict_em
+from steerlab.core.text import exact_match
+from steerlab.steer import decoding, vectors
+from steerlab.steer.features import feature_reader
 
 
 @dataclass
@@ -78,37 +80,27 @@ class SpareFit:
     p: float
 
 
-def _token_id(model: HookedTransformer, word: str) -> int:
-    return int(model.to_tokens(word, prepend_bos=False)[0, 0])
-
-
 def label_conflicts(model: HookedTransformer, examples: Sequence) -> ConflictLabels:
-    """Label conflict examples (``meta`` has ``context_value`` and ``memory_value``) by the greedy answer."""
-    logp = torch.log_softmax(evaluate.last_token_logits(model, [e.prompt for e in examples]), -1)
-    pred = logp.argmax(-1)
-    kept, y, ss, so = [], [], [], []
-    for e, lp, a in zip(examples, logp, pred.tolist()):
-        sub, org = _token_id(model, e.meta["context_value"]), _token_id(model, e.meta["memory_value"])
-        if a not in (sub, org):
+    """Label conflict examples (``meta`` has ``context_value`` and ``memory_value``, optionally
+    ``memory_aliases``) by the model's own greedy answer of ``example.max_new_tokens`` tokens, matched on decoded
+    text (``steerlab.core.text.exact_match``): the context value -> ``y = 1``, the memory value -> ``y = 0``,
+    else dropped. The losses are the NLL of each value's tokens after the prompt (all of them, teacher-forced)."""
+    answers = decoding.greedy(model, examples)
+    kept, y = [], []
+    for e, a in zip(examples, answers):
+        ctx = exact_match(a, [e.meta["context_value"]])
+        mem = exact_match(a, [e.meta["memory_value"], *e.meta.get("memory_aliases", ())])
+        if ctx == mem:  # neither (or, for a degenerate prompt, both)
             continue
         kept.append(e)
-        y.append(int(a == sub))
-        ss.append(-float(lp[sub]))
-        so.append(-float(lp[org]))
-    return ConflictLabels(kept, np.array(y), np.array(ss), np.array(so), len(examples) - len(kept))
+        y.append(int(ctx))
+    prompts = [e.prompt for e in kept]
+    ss = vectors.answer_nll(model, prompts, [e.meta["context_value"] for e in kept]).numpy() if kept else np.zeros(0)
+    so = vectors.answer_nll(model, prompts, [e.meta["memory_value"] for e in kept]).numpy() if kept else np.zeros(0)
+    return ConflictLabels(kept, np.array(y, dtype=int), ss, so, len(examples) - len(kept))
 
 
-@torch.no_grad()
-def hidden_states(model: HookedTransformer, prompts: Sequence[str], hook_names: Sequence[str], position: int = -1
-                  ) -> dict[str, Float[Tensor, "batch d_model"]]:
-    """Residual stream at ``position`` (default: the last prompt position) for each hook name, in prompt order."""
-    out = {h: torch.empty(len(prompts), model.cfg.d_model) for h in hook_names}
-    for _, idx in evaluate._groups_by_length(model, prompts).items():
-        tokens = model.to_tokens([prompts[i] for i in idx])
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in out)
-        for h in out:
-            out[h][idx] = cache[h][:, position].float().cpu()
-    return out
+hidden_states = vectors.hidden_states  # the residual at the last prompt position (re-exported for SPARE's fit)
 
 
 def select_features(z: np.ndarray, y: np.ndarray, p: float, seed: int = 0) -> tuple[np.ndarray, list[int], list[int]]:
@@ -160,7 +152,7 @@ def spare_hooks(fits: Sequence[SpareFit], saes: Mapping[str, object], alpha: flo
 
 def _spare_edit(sae, up: list[int], target_up: Tensor, down: list[int], target_down: Tensor):
     # built once per hook: one encode per forward pass reads both feature sets, decoder rows sliced here
-    read = hooks.feature_reader(sae, list(down) + list(up))
+    read = feature_reader(sae, list(down) + list(up))
     W_dec = sae.W_dec.detach().float()
     W_down, W_up, n_down = W_dec[list(down)], W_dec[list(up)], len(down)
 
@@ -180,26 +172,3 @@ def fit_layers(labels: ConflictLabels, hidden: Mapping[str, Tensor], saes: Mappi
                hook_names: Sequence[str], p: float, seed: int = 0) -> list[SpareFit]:
     """:func:`fit_spare` at each hook name (``hidden`` and ``saes`` are keyed by hook name)."""
     return [fit_spare(labels, hidden[h], saes[h], h, p, seed) for h in hook_names]
-
-
-def sweep(model: HookedTransformer, labels: ConflictLabels, hidden: Mapping[str, Tensor], saes: Mapping[str, object],
-          layer_sets: Sequence[Sequence[str]], ps: Sequence[float], alphas: Sequence[float],
-          examples: Sequence, seed: int = 0):
-    """EM_C (toward context) and EM_M (toward memory) on ``examples`` for every layer set x p x alpha.
-
-    Returns a DataFrame with columns ``layers``, ``p``, ``alpha``, ``n_context``, ``n_memory``, ``em_c``, ``em_m``.
-    """
-    import pandas as pd
-
-
-    rows = []
-    for layers in layer_sets:
-        for p in ps:
-            fits = fit_layers(labels, hidden, saes, layers, p, seed)
-            for a in alphas:
-                em_c = conflict_em(examples, evaluate.answer(model, examples, spare_hooks(fits, saes, a, "context")))[0]
-                em_m = conflict_em(examples, evaluate.answer(model, examples, spare_hooks(fits, saes, a, "memory")))[1]
-                rows.append({"layers": ",".join(h.split(".")[1] for h in layers), "p": p, "alpha": a,
-                             "n_context": sum(len(f.context_features) for f in fits),
-                             "n_memory": sum(len(f.memory_features) for f in fits), "em_c": em_c, "em_m": em_m})
-    return pd.DataFrame(rows)

@@ -28,6 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from steerlab.core.activations import encode_pre_topk
+from steerlab.sae.codes import stop_layer
 
 
 @lru_cache(maxsize=1)
@@ -89,28 +90,42 @@ def show(view: str):
 @torch.no_grad()
 def feature_acts(model, sae, rows: Int[Tensor, "batch pos"], batch_size: int = 256,
                  pre_topk: bool = False) -> Float[Tensor, "batch pos d_sae"]:
-    """SAE codes at every position of ``rows`` (``<bos>``/``<pad>`` positions set to 0)."""
+    """SAE codes at every position of ``rows`` (position 0, ``<bos>`` and ``<pad>`` positions set to 0)."""
     hook = sae.cfg.metadata.hook_name
     out = []
     for s in range(0, rows.shape[0], batch_size):
         tokens = rows[s: s + batch_size]
-        _, cache = model.run_with_cache(tokens, names_filter=hook)
+        _, cache = model.run_with_cache(tokens, names_filter=hook, stop_at_layer=stop_layer(hook))
         z = encode_pre_topk(sae, cache[hook]) if pre_topk else sae.encode(cache[hook])
         special = (tokens == model.tokenizer.bos_token_id) | (tokens == model.tokenizer.pad_token_id)
+        special[:, 0] = True
         out.append(z.masked_fill(special[..., None], 0.0))
     return torch.cat(out)
 
 
+def token_strings(tokenizer, ids: Sequence[int]) -> list[str]:
+    """Each token of ``ids`` as the tokenizer decodes it in context, spaces kept (``" the"``, not ``"▁the"``
+    or ``"the"``): token ``i`` is ``decode(ids[:i+1])`` minus ``decode(ids[:i])``, which is right for
+    subword schemes whose single-token decode drops a leading space. Special tokens keep their names."""
+    out, prev = [], ""
+    for i in range(len(ids)):
+        text = tokenizer.decode(list(ids[: i + 1]), clean_up_tokenization_spaces=False)
+        out.append(text[len(prev):] if text.startswith(prev) else tokenizer.decode([ids[i]]))
+        prev = text
+    return out
+
+
 def top_contexts(acts: Float[Tensor, "batch pos d_sae"], rows: Int[Tensor, "batch pos"], tokenizer,
                  feature: int, k: int = 8) -> list[tuple[list[str], list[float]]]:
-    """The ``k`` rows where ``feature`` peaks highest, as (tokens, values) up to the last real token."""
+    """The ``k`` rows where ``feature`` peaks highest, as (tokens, values) up to the last real token; tokens as
+    :func:`token_strings` decodes them."""
     peak = acts[..., feature].max(dim=1).values
     out = []
     for r in peak.topk(min(k, len(peak))).indices.tolist():
         if peak[r] <= 0:
             break
         n = int((rows[r] != tokenizer.pad_token_id).sum())
-        out.append((tokenizer.convert_ids_to_tokens(rows[r, :n].tolist()), acts[r, :n, feature].tolist()))
+        out.append((token_strings(tokenizer, rows[r, :n].tolist()), acts[r, :n, feature].tolist()))
     return out
 
 
@@ -119,7 +134,9 @@ def logit_effects(model, sae, feature: int, k: int = 10) -> pd.DataFrame:
     promoted, promoted_logit, suppressed, suppressed_logit; the final LayerNorm's scale is ignored)."""
     effect = (sae.W_dec[feature].detach() @ model.W_U.detach()).float()
     top, bottom = effect.topk(k), (-effect).topk(k)
-    ids = model.tokenizer.convert_ids_to_tokens
+    def ids(idx):  # a lone token decoded, its leading space shown as such
+        return [repr(model.tokenizer.decode([i], clean_up_tokenization_spaces=False)) for i in idx]
+
     return pd.DataFrame({"promoted": ids(top.indices.tolist()), "promoted_logit": top.values.tolist(),
                          "suppressed": ids(bottom.indices.tolist()), "suppressed_logit": (-bottom.values).tolist()})
 

@@ -12,22 +12,28 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from steerlab.core import run as evaluate
-from steerlab.core import hooks
+from steerlab.steer import decoding, registry
+from steerlab.steer.features import read_features
 
 # A steering method for the playground: (features, strength) -> fwd_hooks
 Builder = Callable[[Sequence[int], float], list]
 
 
 def feature_methods(hook_name: str, sae, extra: Mapping[str, Builder] | None = None) -> dict[str, Builder]:
-    """The standard playground methods at ``hook_name`` (plus ``extra``, e.g. SPARE toward context/memory)."""
-    methods: dict[str, Builder] = {
-        "none": lambda f, s: [],
-        "amplify": lambda f, s: hooks.amplify(hook_name, sae, f, s) if f else [],
-        "calibrate": lambda f, s: hooks.calibrate(hook_name, sae, f, s) if f else [],
-        "clamp": lambda f, s: hooks.clamp(hook_name, sae, f, s) if f else [],
-    }
+    """``none`` and every feature method of the registry (``steerlab.steer.registry.names("features")``) at
+    ``hook_name``, plus ``extra`` (e.g. SPARE toward context/memory)."""
+    def builder(name: str) -> Builder:
+        return lambda f, s: (registry.build(name, None, {hook_name: sae}, hook_name=hook_name, features=list(f))
+                             .hooks(s) if f else [])
+
+    methods: dict[str, Builder] = {"none": lambda f, s: []}
+    methods |= {name: builder(name) for name in registry.names("features")}
     return {**methods, **(extra or {})}
+
+
+def registry_builder(method: registry.SteeringMethod, sign: float = 1.0) -> Builder:
+    """A playground builder from a built registry method (its own features): strength ``s`` -> ``hooks(sign * s)``."""
+    return lambda f, s: method.hooks(sign * s)
 
 
 @torch.no_grad()
@@ -35,7 +41,14 @@ def token_activations(model, sae, hook_name: str, text: str, features: Sequence[
     """(tokens, values ``[pos, n_feat]``) of ``features`` on ``text`` (unsteered residual at ``hook_name``)."""
     toks = model.to_tokens(text)
     _, cache = model.run_with_cache(toks, names_filter=hook_name)
-    return model.to_str_tokens(toks[0]), hooks.read_features(sae, cache[hook_name][0], features)
+    return model.to_str_tokens(toks[0]), read_features(sae, cache[hook_name][0], features)
+
+
+class _Prompt:
+    """A bare prompt for :func:`steerlab.steer.decoding.greedy` (duck-typed like an Example)."""
+
+    def __init__(self, prompt: str, max_new_tokens: int) -> None:
+        self.prompt, self.max_new_tokens = prompt, max_new_tokens
 
 
 def token_view(tokens: Sequence[str], values, labels: Sequence[str]) -> str:
@@ -69,11 +82,13 @@ def playground(model, sae, hook_name: str, prompts: Sequence[str], methods: Mapp
     def update(_=None):
         f = list(feats.value)
         fwd = methods[method.value](f, slider.value)
-        base = evaluate.complete(model, [prompt.value], max_new_tokens)[0]
-        steered = evaluate.complete(model, [prompt.value], max_new_tokens, fwd)[0]
+        ask = [_Prompt(prompt.value, max_new_tokens)]
+        base = decoding.greedy(model, ask)[0]
+        steered = decoding.greedy(model, ask, fwd)[0]
         view = ""
         if f:
-            toks, vals = token_activations(model, sae, hook_name, f"{prompt.value} {steered}", f)
+            joined = prompt.value + (steered if steered[:1].isspace() else " " + steered)
+            toks, vals = token_activations(model, sae, hook_name, joined, f)
             view = token_view(toks, vals, [f"{c}: {feature_labels.get(c, '')}" for c in f])
         out.value = ("<table style='width:100%'><tr><th>unsteered</th><th>steered</th></tr>"
                      f"<tr><td><code>{html.escape(base)}</code></td><td><code>{html.escape(steered)}</code></td>"

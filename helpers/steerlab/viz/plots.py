@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -87,3 +89,32 @@ def labelled_points(points: Mapping[str, tuple[float, float]], xlabel: str, ylab
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+class LiveCurves:
+    """A trainer callback that redraws reward / KL / entropy curves in one notebook output every ``every``
+    updates (a no-op outside IPython)."""
+
+    def __init__(self, title: str, every: int = 10, keys: Sequence[str] = ("reward", "kl", "entropy")):
+        self.title, self.every, self.keys = title, every, keys
+        self.hist: dict[str, list[float]] = defaultdict(list)
+        self.handle = None
+
+    def __call__(self, update: int, stats: dict) -> None:
+        for k in self.keys:
+            if k in stats:
+                self.hist[k].append(stats[k])
+        if update % self.every:
+            return
+        try:
+            import matplotlib.pyplot as plt
+            from IPython.display import display
+
+        except ImportError:
+            return
+        fig = curve(range(len(self.hist["reward"])), dict(self.hist), "update", "value", self.title)
+        if self.handle is None:
+            self.handle = display(fig, display_id=True)
+        elif self.handle is not None:
+            self.handle.update(fig)
+        plt.close(fig)

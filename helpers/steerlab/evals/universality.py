@@ -67,7 +67,8 @@ def steered_positions(model, examples: Sequence, completions: Sequence[str]) -> 
     out = []
     for e, c in zip(examples, completions):
         n_prompt = model.to_tokens(e.prompt).shape[1]
-        full = model.to_tokens(e.prompt + (" " + c.strip() if c.strip() else ""))[0]
+        text = c.rstrip() if c[:1].isspace() else (" " + c.strip() if c.strip() else "")  # decoded text keeps its space
+        full = model.to_tokens(e.prompt + text)[0]
         out.append((full, slice(n_prompt - 1, max(n_prompt, len(full) - 1))))
     return out
 
