@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PROFILE ?= default
 STAMP := $(VENV)/.steerlab-setup
 
-.PHONY: setup run test results results-distractors results-l1 lab clean
+.PHONY: setup run test results results-sweep results-distractors results-l1 lab clean
 
 setup: $(STAMP)
 
@@ -23,14 +23,25 @@ run: setup
 	$(BIN)/python -m steerlab.pipeline --profile $(PROFILE)
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
-# A full default run, its metrics (and notebook 01's per-concept table) copied into results/default/ (committed).
+# A full default run, its metrics (and notebook 01's per-concept table, notebook 05's graph JSON) copied into
+# results/default/ (committed).
 results: setup
 	$(BIN)/python -m steerlab.pipeline --profile default
 	mkdir -p results/default
 	for d in runs/default/*/; do s=$$(basename $$d); case $$s in *.*) continue;; esac; test -f $$d/metrics.json && cp $$d/metrics.json results/default/$$s.metrics.json; done
 	cp runs/default/01_train_sae/concepts.csv results/default/01_train_sae.concepts.csv
+	cp runs/default/05_circuits/graph.json results/default/05_circuits.graph.json
+	cp runs/default/run_seconds.json results/default/run_seconds.json
+	$(BIN)/python -m steerlab.report --write-readme
+
+# Notebook 01's recipe sweep and seed spread (params/sweep.yaml, ~15 min): its metrics into results/sweep/.
+results-sweep: setup
+	$(BIN)/python -m steerlab.pipeline --profile sweep --only 01_train_sae
+	mkdir -p results/sweep
+	cp runs/sweep/01_train_sae/metrics.json results/sweep/01_train_sae.metrics.json
+	cp runs/sweep/01_train_sae/recipe_sweep.csv results/sweep/01_train_sae.recipe_sweep.csv
 
 # The world variant of notebook 03 section 3 (params/distractors.yaml, ~30 min): its own model and SAEs under runs/.
 results-distractors: setup
@@ -48,7 +59,7 @@ results-l1: setup
 	cp runs/l1-sae/01_train_sae/concepts.csv results/l1-sae/01_train_sae.concepts.csv
 
 lab: setup
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab notebooks $$(test "$$(id -u)" = 0 && echo --allow-root)  # root (a container) needs --allow-root
 
 clean:
 	rm -rf runs

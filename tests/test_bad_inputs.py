@@ -1,6 +1,7 @@
 """Bad input gets a clear error, a failed run leaves the last good one (issue 24)."""
 
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -216,6 +217,9 @@ def test_index_marks_a_failed_notebook_and_the_run_stops(tiny, tmp_path, capsys)
     nbs, root = tiny
     ok = _profile(tmp_path, "00_tiny:\n  n: 1\n")
     assert pipeline.main(["--profile", str(ok), "--notebook-dir", str(nbs), "--runs-root", str(root)]) == 0
+    timing = json.loads((root / "p" / "run_seconds.json").read_text())  # a complete run records its wall time
+    assert timing["make_run_seconds"] > 0 and set(timing["notebook_seconds"]) == {"00_tiny", "01_other"}
+    (root / "p" / "run_seconds.json").unlink()
     bad = _profile(tmp_path, "00_tiny:\n  fail: true\n", "p.yaml")  # same profile name: reruns into runs/p
     other_before = _files(root / "p" / "01_other")
     assert pipeline.main(["--profile", str(bad), "--notebook-dir", str(nbs), "--runs-root", str(root)]) == 1
@@ -227,6 +231,7 @@ def test_index_marks_a_failed_notebook_and_the_run_stops(tiny, tmp_path, capsys)
     assert "FAILED" in index and "ValueError: boom in the tiny notebook" in index
     assert "href='00_tiny.failed/00_tiny.html'" in index and (root / "p" / "00_tiny.failed" / "00_tiny.html").is_file()
     assert "href='00_tiny/00_tiny.html'" in index and "href='01_other/01_other.html'" in index
+    assert not (root / "p" / "run_seconds.json").exists()  # a failed run records no wall time
 
 
 def test_headline_prefers_the_listed_keys_and_keeps_at_most_ten():
@@ -334,3 +339,248 @@ def test_an_sae_that_does_not_fit_the_model_is_refused_on_load(sae_copy):
         sae_io.load_sae(sae_copy, layer=2, model=other)
     with pytest.raises(ValueError, match=r"reads 'blocks.3.hook_resid_post', which this model does not have"):
         sae_io.load_sae(sae_copy, layer=3, model=other)
+
+
+# ------------------------------------------------------------------------------- steering inputs
+import math as _math  # noqa: E402
+import re as _re  # noqa: E402
+import time as _time  # noqa: E402
+
+import numpy as _np  # noqa: E402
+import torch  # noqa: E402
+
+from steerlab.control import policy as control  # noqa: E402
+from steerlab.core import hooks, run  # noqa: E402
+from steerlab.steer import decoding, features, registry, spare, vectors  # noqa: E402
+from test_hooks import HOOK, tiny_sae  # noqa: E402
+
+PROMPT = "question : x color ? answer :"
+
+
+def _no_hooks_left(model):
+    return not any(hp.fwd_hooks for hp in model.hook_dict.values())
+
+
+def test_a_hook_name_the_model_lacks_names_it_and_the_closest_ones(tinyworld):
+    model, _ = tinyworld
+    v = torch.ones(model.cfg.d_model)
+    typo, far = "blocks.2.hook_resid_prex", "blocks.99.hook_resid_post"
+    with pytest.raises(hooks.HookNameError) as e:
+        run.next_words(model, [PROMPT], hooks.add_vector(typo, v, 1.0))
+    msg = str(e.value)
+    assert f"no hook {typo!r}" in msg and "did you mean 'blocks.2.hook_resid_pre'" in msg
+    assert isinstance(e.value, ValueError) and isinstance(e.value, KeyError)  # old `except KeyError` still works
+    for call in (lambda: run.complete(model, [PROMPT], 2, hooks.add_vector(far, v, 1.0)),  # generation
+                 lambda: vectors.actadd_vector(model, far, PROMPT, PROMPT),  # caching
+                 lambda: decoding.greedy(model, [], hooks.add_vector(far, v, 1.0)),
+                 lambda: registry.build("actadd", model, hook_name=far, vector=v)):  # the registry, at build
+        with pytest.raises(hooks.HookNameError, match=rf"no hook '{far}'.*layers are 0..{model.cfg.n_layers - 1}"):
+            call()
+    assert _no_hooks_left(model)
+
+
+def test_a_nan_or_inf_strength_is_an_error_naming_the_parameter():
+    sae, v = tiny_sae(), torch.ones(128)
+    for bad in (float("nan"), float("inf"), -_math.inf):
+        for call, name in ((lambda: hooks.add_vector(HOOK, v, bad), "coeff"),
+                           (lambda: features.amplify(HOOK, sae, [0], bad), "alpha"),
+                           (lambda: features.calibrate(HOOK, sae, [0], bad), "beta"),
+                           (lambda: features.clamp(HOOK, sae, [0], bad), "value"),
+                           (lambda: features.add(HOOK, sae, [0], bad), "strength"),
+                           (lambda: spare.spare_hooks([], {}, bad), "alpha"),
+                           (lambda: control.feature_hooks(sae, 1, 0, bad), "coef"),
+                           (lambda: registry.build("amplify", None, {HOOK: sae}, hook_name=HOOK, features=[0])
+                            .hooks(bad), "strength"),
+                           (lambda: registry.build("meandiff", hook_name=HOOK, vector=v).hooks(bad), "strength"),
+                           (lambda: registry.build("cad", free_prompt=lambda e: e).answer([], bad), "strength")):
+            with pytest.raises(ValueError, match=rf"{name}={bad!r}: a steering strength must be finite"):
+                call()
+    with pytest.raises(ValueError, match=r"steering vector for 'blocks.1.hook_resid_post' holds NaN"):
+        hooks.add_vector(HOOK, torch.full((128,), float("nan")), 1.0)
+    with pytest.raises(ValueError, match=r"ControlConfig.coef=nan"):
+        control.ControlConfig(coef=float("nan"))
+
+
+def test_a_negative_strength_is_legal_and_steers_the_other_way(tinyworld):
+    model, _ = tinyworld
+    v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+
+    def resid(fwd_hooks=()):
+        with model.hooks(fwd_hooks=list(fwd_hooks)):
+            _, cache = model.run_with_cache(model.to_tokens(PROMPT), names_filter=HOOK)
+        return cache[HOOK]
+
+    base = resid()
+    up, down = resid(hooks.add_vector(HOOK, v, 2.0)) - base, resid(hooks.add_vector(HOOK, v, -2.0)) - base
+    assert torch.allclose(down, -up, atol=1e-4) and up.abs().max() > 1
+
+
+def test_feature_ids_must_be_integers_in_range_0_d_sae():
+    sae = tiny_sae(d_sae=8)
+    for bad in (-1, 2.7, 8, True, "3", 2.0):
+        for call in (lambda: features.amplify(HOOK, sae, [0, bad], 1.0),
+                     lambda: features.read_features(sae, torch.zeros(128), [bad]),
+                     lambda: registry.build("add", None, {HOOK: sae}, hook_name=HOOK, features=[bad]).hooks(1.0),
+                     lambda: control.feature_hooks(sae, 1, bad, 1.0)):
+            with pytest.raises(ValueError, match=rf"feature id {_re.escape(repr(bad))} .* integers in \[0, 8\)"):
+                call()
+    assert len(features.add(HOOK, sae, [_np.int64(7), torch.tensor(0)], 1.0)) == 2  # numpy / tensor ints are fine
+
+
+def test_a_prompt_longer_than_the_context_names_its_length_and_the_context(tinyworld):
+    model, world = tinyworld
+    long_prompt = " ".join([world.entities[0]] * (model.cfg.n_ctx + 5))
+    n = model.to_tokens(long_prompt, truncate=False).shape[1]
+    assert n > model.cfg.n_ctx
+    pattern = rf"a prompt of {n} tokens exceeds the model's context of {model.cfg.n_ctx} tokens"
+    with pytest.raises(ValueError, match=pattern):
+        run.next_words(model, [long_prompt])
+    with pytest.raises(ValueError, match=rf"a prompt of {n} tokens plus 3 to generate exceeds"):
+        decoding.greedy(model, [_Ex(long_prompt, 3)])  # the decoder ICL and CAD answer with
+
+
+class _Ex:
+    def __init__(self, prompt, max_new_tokens):
+        self.prompt, self.max_new_tokens = prompt, max_new_tokens
+
+
+# ------------------------------------------------------------------------------- atomic checkpoints
+def _fail_weights_write(monkeypatch, module, at: int):
+    """Make ``module.save_file`` (the safetensors writer) write its first ``at - 1`` files, then half of the next
+    one and raise, as a full disk or a kill would."""
+    real, calls = module.save_file, []
+
+    def save_file(tensors, path, *a, **kw):
+        calls.append(path)
+        real(tensors, path, *a, **kw)
+        if len(calls) == at:
+            data = Path(path).read_bytes()
+            Path(path).write_bytes(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, "save_file", save_file)
+    return calls
+
+
+def test_an_interrupted_sae_retrain_leaves_the_old_saes_and_recipe(sae_copy, tinyworld, monkeypatch):
+    import dataclasses
+
+    import sae_lens.saes.sae as saelens_sae
+
+    from steerlab.sae import train
+
+    model, world = tinyworld
+    before = _files(sae_copy)
+    cfg = train.SAETrainConfig(layers=(1, 2), d_sae=64, k=8, training_tokens=2048, batch_tokens=512,
+                               n_batches_in_buffer=64, log_every=2)
+    rows = train.token_rows(world.training_stream(0), model.tokenizer, 100, cfg.context_size)
+    calls = _fail_weights_write(monkeypatch, saelens_sae, at=2)
+    with pytest.raises(OSError, match="No space left"):
+        train.train_saes(model, rows, cfg, sae_copy)
+    assert len(calls) == 2  # layer 1 was saved, layer 2 died half-written
+    assert _files(sae_copy) == before  # every SAE folder and training.json byte-identical
+    assert sae_io.load_sae(sae_copy, layer=2, model=model).cfg.d_sae == 512
+    assert train.load_recipe(sae_copy) == train.load_recipe("tinyworld")
+    assert sorted(p.name for p in sae_copy.parent.iterdir()) == ["saes"]  # no staging folder left
+    monkeypatch.undo()
+    one = dataclasses.replace(cfg, layers=(2,))
+    done = train.train_saes(model, rows, one, sae_copy)  # a retrain that succeeds replaces them
+    assert done.paths[2] == sae_copy / "blocks.2.hook_resid_post"
+    assert sae_io.load_sae(sae_copy, layer=2, model=model).cfg.d_sae == 64 and train.load_recipe(sae_copy) == one
+    assert _files(sae_copy / "blocks.3.hook_resid_post") == _files(SHIPPED / "blocks.3.hook_resid_post")  # kept
+
+
+def test_an_interrupted_policy_save_leaves_the_old_policy(tmp_path, monkeypatch):
+    from control_fixtures import tiny_sae as control_sae
+
+    sae = control_sae(1)
+    cfg = control.ControlConfig(layers=(1,), d_model=32, d_sae=16, d_hidden=8)
+    old, new = control.new_policy(cfg, sae, seed=0), control.new_policy(cfg, sae, seed=1)
+    path = control.save_policy(old, tmp_path / "policy", history=[1.0])
+    before = _files(path)
+    _fail_weights_write(monkeypatch, control, at=1)  # the weights of the new policy die half-written
+    with pytest.raises(OSError, match="No space left"):
+        control.save_policy(new, path, history=[2.0])
+    assert _files(path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
+    loaded = control.load_policy(path, sae=sae)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), old.state_dict().values()))
+    monkeypatch.undo()
+    control.save_policy(new, path, history=[2.0])
+    assert json.loads((path / "cfg.json").read_text())["history"] == [2.0]
+
+
+# ------------------------------------------------------------------------------- devices and model sources
+def test_a_device_that_is_not_here_is_a_clear_error(monkeypatch):
+    from steerlab.models import load_model, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(RuntimeError, match=rf"device='{device}' but torch sees no CUDA GPU.*use device='cpu'"):
+            load_model("tinyworld", device=device)
+    with pytest.raises(RuntimeError, match=r"device='mps' but MPS is not available here; use device='cpu'"):
+        resolve_device("mps")
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ValueError, match=r"device='tpu'; use one of"):
+        resolve_device("tpu")
+
+
+def test_a_model_path_that_does_not_exist_says_so(tmp_path):
+    from steerlab.models import load_model
+
+    for name, what in ((str(tmp_path / "nowhere"), "no model at"), ("models/nowhere", "no model at"),
+                       (str(tmp_path / "m.gguf"), "no GGUF file at")):
+        with pytest.raises(FileNotFoundError, match=rf"{what} '?{_re.escape(name)}'?: (that|the) path does not"):
+            load_model(name)
+
+
+def test_a_hub_name_offline_fails_at_once(tmp_path, monkeypatch):
+    from steerlab.models import load_model
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = _time.perf_counter()
+    with pytest.raises(ConnectionError, match=r"(?s)could not load 'gpt2-small': HF_HUB_OFFLINE is set.*HF_HOME"):
+        load_model("gpt2-small", allow_download=True)  # asked to download, but offline mode is set: no retries
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(ConnectionError, match=r"(?s)'gpt2-small'.*local Hugging Face cache only.*allow_download"):
+        load_model("gpt2-small")  # the default never asks the hub
+    assert _time.perf_counter() - start < 10, "the offline error should come at once, without a retry loop"
+
+
+# ------------------------------------------------------------------------------- the README's table
+# tests of this file that back no row of the README's troubleshooting table (supporting checks)
+NOT_IN_README = {"test_common_key_goes_only_to_the_notebooks_that_have_it",
+                 "test_every_shipped_profile_passes_the_checks",
+                 "test_headline_prefers_the_listed_keys_and_keeps_at_most_ten",
+                 "test_write_artefacts_is_atomic_and_read_artefacts_of_a_missing_run_is_an_error",
+                 "test_the_readme_troubleshooting_table_lists_exactly_these_tests"}
+
+
+def _troubleshooting_rows():
+    """``[(what you do, [test names])]`` from the table of the README's ``## Troubleshooting`` section."""
+    text = (runs.REPO_ROOT / "README.md").read_text()
+    assert "\n## Troubleshooting\n" in text, "README.md has no '## Troubleshooting' section"
+    section = text.split("\n## Troubleshooting\n", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")][2:]  # past the header and the |---| line
+    rows = []
+    for ln in lines:
+        cells = [c.strip() for c in ln.strip().strip("|").split("|")]
+        assert len(cells) == 3, f"README troubleshooting row needs 3 cells: {ln}"
+        rows.append((cells[0], ["test_" + n for n in _re.findall(r"`(\w+)`", cells[2])]))  # names less test_
+    return rows
+
+
+def test_the_readme_troubleshooting_table_lists_exactly_these_tests():
+    rows = _troubleshooting_rows()
+    assert 10 <= len(rows) <= 22, "keep the README table short"
+    here = {name for name, f in globals().items() if name.startswith("test_") and callable(f)}
+    for what, tests in rows:
+        assert tests, f"the README row {what!r} names no test"
+        missing = [t for t in tests if t not in here]
+        assert not missing, f"the README row {what!r} names tests that tests/test_bad_inputs.py lacks: {missing}"
+    listed = {t for _, tests in rows for t in tests}
+    unlisted = sorted(here - listed - NOT_IN_README)
+    assert not unlisted, f"add these tests to a row of the README's troubleshooting table (or to NOT_IN_README): " \
+                         f"{unlisted}"
+    assert not listed & NOT_IN_README

@@ -58,7 +58,15 @@ def test_policy_never_picks_a_masked_action_and_reference_is_a_distribution(tiny
     assert cand.gather(1, a.actions).all()
     ref = pol.reference_logp(cand).exp() * cand
     torch.testing.assert_close(ref.sum(-1), torch.ones(64))
-    assert (a.kl >= -1e-5).all() and (a.entropy >= 0).all()
+    # KL(pi || ref) and entropy over the candidates, written out (non-candidates have p = 0 and add nothing)
+    logits = pol.logits(1, x, cand)
+    p = logits.softmax(-1)
+    logp, ref_logp = logits.log_softmax(-1), pol.reference_logp(cand)
+    kl = torch.where(cand, p * (logp - ref_logp), torch.zeros(())).sum(-1)
+    ent = -torch.where(cand, p * logp, torch.zeros(())).sum(-1)
+    torch.testing.assert_close(a.kl, kl)
+    torch.testing.assert_close(a.entropy, ent)
+    assert (kl > 1e-3).any()  # the policy is not the reference, so the KL pins something
 
 
 def test_topk_log_prob_is_plackett_luce(tiny):

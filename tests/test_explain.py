@@ -56,9 +56,49 @@ def test_ranking_survives_underflow():
     assert ex.words_of(0) == ["a", "b", "c", "d"]
 
 
+def released_explain(embeds, vocab, words, topK, alpha=1.0, beta=1.0):
+    """The released MIExplainer.explain (JacksonWuxs/SteeringLLMs_with_MIExplanations, MI_explainer.py), line by
+    line: the whole [features, words] matrix at once, Python's sort on (score, word, p, log p) tuples."""
+    cooccurent = embeds @ vocab.T
+    term_freq = torch.softmax(cooccurent / alpha, 1)
+    conc_freq = torch.log_softmax(cooccurent / beta, 0)
+    scores = term_freq * conc_freq
+    out = []
+    for term, conc, sc in zip(term_freq, conc_freq, scores):
+        pairs = sorted(zip(sc.tolist(), words, term.tolist(), conc.tolist()), reverse=True)
+        out.append([w for _, w, _, _ in pairs[:topK]])
+    return out
+
+
+def test_released_rank_reproduces_the_released_code():
+    # hand example: literal products w0: 0.6 ln 0.75, w1: 0.2 ln 0.25, w2: 0.2 ln 0.5 -> w2, w0, w1 for c0
+    ex = explain.mi_explain(S, E, WORDS, ExplainConfig(top_n=3, rank="released"))
+    assert ex.method == "mi_released" and ex.words_of(0) == ["w2", "w0", "w1"]
+    torch.testing.assert_close(ex.scores[0], torch.tensor([0.2 * math.log(0.5), 0.6 * math.log(0.75),
+                                                           0.2 * math.log(0.25)]))
+    assert explain.mi_explain(S, E, WORDS, ExplainConfig(top_n=3)).words_of(0) == ["w0", "w2", "w1"]  # differs
+    # random directions, several chunks, temperatures: the released code's word lists, chunked and naive
+    g = torch.Generator().manual_seed(1)
+    S_, E_ = torch.randn(23, 8, generator=g) * 3, torch.randn(40, 8, generator=g)
+    words = [f"{chr(97 + i % 26)}{i}" for i in range(40)]
+    cfg = ExplainConfig(alpha=0.7, beta=1.3, top_n=10, chunk_size=4, rank="released")
+    want = released_explain(S_, E_, words, 10, 0.7, 1.3)
+    assert explain.mi_explain(S_, E_, words, cfg).all_words() == want
+    assert explain.mi_explain_naive(S_, E_, words, cfg).all_words() == want
+    # underflow: for c0 every product is 0 (p(w|c) underflows to 0 for c, d; log p(c|w) is 0 for a, b), the
+    # maximum, so the released sort orders all four by the word, descending; for c1, a and b tie at 0 (p = 0) above
+    # c (-7e-27) and d (-4.5e-5), the word c1 points to most
+    S_, E_ = torch.tensor([[1.0], [-1.0]]), torch.tensor([[200.0], [120.0], [60.0], [-5.0]])
+    assert released_explain(S_, E_, list("abcd"), 4) == [["d", "c", "b", "a"], ["b", "a", "c", "d"]]
+    got = explain.mi_explain(S_, E_, list("abcd"), ExplainConfig(top_n=4, rank="released", chunk_size=1))
+    assert got.all_words() == [["d", "c", "b", "a"], ["b", "a", "c", "d"]]
+
+
 def test_config_errors_say_what_to_fix():
     with pytest.raises(ValueError, match="temperatures"):
         ExplainConfig(alpha=0)
+    with pytest.raises(ValueError, match="rank must be one of"):
+        ExplainConfig(rank="literal")
     with pytest.raises(ValueError, match="embedding"):
         ExplainConfig(embedding="both")
     with pytest.raises(ValueError, match="d_model"):

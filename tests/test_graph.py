@@ -132,10 +132,22 @@ def test_influence_and_scores_by_hand():
     assert infl[0].item() == pytest.approx(6 / 8.1) and infl[3].item() == pytest.approx(2 / 8.1)
     assert infl[5].item() == pytest.approx(6.1 / 8.1)
     s = G.graph_scores(g)
-    assert s.replacement == pytest.approx(6.1 / 8.1)  # tokens / (tokens + errors)
+    assert s.residual_replacement == pytest.approx(6.1 / 8.1)  # tokens / (tokens + errors)
     # completeness: logit row has error share 2/8.1, feature rows 0; weights: influence + logit weight
     out = infl + g.logit_weights()
-    assert s.completeness == pytest.approx(float(((1 - norm[:, 2:4].sum(1)) * out).sum() / out.sum()))
+    assert s.residual_completeness == pytest.approx(float(((1 - norm[:, 2:4].sum(1)) * out).sum() / out.sum()))
+    assert not hasattr(s, "replacement") and not hasattr(s, "completeness")  # names that claim circuit-tracer's meaning
+
+
+def test_cumulative_influence_by_hand():
+    """circuit-tracer's cumulative share: nodes sorted by influence (largest first), running sum over the total."""
+    g = _hand_graph(HAND)
+    infl = G.compute_influence(G.normalize_matrix(g.adjacency_matrix), g.logit_weights())
+    # influence x 8.1: f0 6, f1 0.1, err@0 0, err@1 2, tok@0 0, tok@1 6.1, logit 0; total 14.2
+    # order tok@1, f0, err@1, f1, then the zeros: shares 6.1, 12.1, 14.1, 14.2 (of 14.2), zeros at 1
+    expected = [12.1 / 14.2, 1.0, 1.0, 14.1 / 14.2, 1.0, 6.1 / 14.2, 1.0]
+    assert G.cumulative_influence(infl).tolist() == pytest.approx(expected)
+    assert G.prune(g).cumulative_scores.tolist() == pytest.approx(expected)
 
 
 def test_prune_drops_weak_feature_keeps_tokens_and_logits():
@@ -164,6 +176,8 @@ def test_networkx_and_json_round_trip(tiny, tmp_path):
     keys = ("kind", "layer", "position", "feature", "explanation", "token")
     for n, d in nxg.nodes(data=True):
         assert {k: d[k] for k in keys} == {k: back.nodes[n][k] for k in keys}
+        assert back.nodes[n]["influence"] == pytest.approx(d["influence"])  # raw, from steerlab_influence
+        assert back.nodes[n]["cumulative_influence"] == pytest.approx(d["cumulative_influence"])  # JSON influence
     for s, t, d in nxg.edges(data=True):
         assert back.edges[s, t]["weight"] == pytest.approx(d["weight"])
     with pytest.raises(ValueError, match="missing"):

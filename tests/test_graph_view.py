@@ -50,3 +50,17 @@ def test_headless_chromium_draws_every_node(view, tmp_path):
     m = re.search(r'data-nodes-drawn="(\d+)"', out.stdout)
     assert m, out.stderr[-2000:]
     assert int(m.group(1)) == nxg.number_of_nodes() > 0
+
+
+def test_view_of_a_circuit_tracer_json_ranks_by_the_cumulative_share(view):
+    """A JSON with circuit-tracer's influence only (the cumulative share, smaller = more influential; no raw
+    ``steerlab_influence``) lays out like the graph itself: the most influential nodes come first in each cell."""
+    nxg, _ = view
+    data = GI.to_json(nxg)
+    for n in data["nodes"]:
+        n.pop("steerlab_influence")
+    back = GI.from_json(data)
+    assert all(d["influence"] is None for _, d in back.nodes(data=True))
+    assert V.layout(back).pos == V.layout(nxg).pos
+    page = V.render_html(back)
+    assert page.count("class='node'") == nxg.number_of_nodes() and "cumulative share" in page

@@ -101,6 +101,31 @@ def test_amplify_calibrate_clamp_match_the_formulas(tinyworld):
         features.amplify(HOOK, sae, [], 1.0)
 
 
+def test_feature_edits_on_an_untied_sae_with_biases(tinyworld, untied_sae):
+    """On the model's residuals, through an untied SAE with non-zero biases: amplification
+    X' = X + alpha ReLU((X - b_dec) W_enc[:, S] + b_enc[S]) W_dec[S] and calibration
+    X' = X - ReLU(...) W_dec[S] + beta mean(W_dec[S]), written out here; a reading without a bias or through the
+    decoder, or a write with encoder columns, gives other numbers on this SAE."""
+    model, world = tinyworld
+    sae = untied_sae(d_in=model.cfg.d_model, d_sae=8)
+    S = [1, 2, 5]
+    prompts = [f"question : {world.entities[1]} pet ? answer :"]
+    x = resid(model, prompts)[0]
+    W_enc, b_enc, W_dec, b_dec = sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach(), sae.b_dec.detach()
+    z = torch.relu((x - b_dec) @ W_enc[:, S] + b_enc[S])
+    assert (z > 0).any() and (z == 0).any()
+    want_amp = x + 2.0 * z @ W_dec[S]
+    want_cal = x - z @ W_dec[S] + 3.0 * W_dec[S].mean(0)
+    assert torch.allclose(resid(model, prompts, features.amplify(HOOK, sae, S, 2.0))[0], want_amp, atol=1e-4)
+    assert torch.allclose(resid(model, prompts, features.calibrate(HOOK, sae, S, 3.0))[0], want_cal, atol=1e-4)
+    wrong = {"no b_dec": torch.relu(x @ W_enc[:, S] + b_enc[S]) @ W_dec[S],
+             "no b_enc": torch.relu((x - b_dec) @ W_enc[:, S]) @ W_dec[S],
+             "decoder read": torch.relu((x - b_dec) @ W_dec[S].T + b_enc[S]) @ W_dec[S],
+             "encoder write": z @ W_enc[:, S].T}
+    for name, edit in wrong.items():
+        assert not torch.allclose(x + 2.0 * edit, want_amp, atol=1e-2), name
+
+
 def test_code_reading_leaves_features_outside_the_topk_cut_alone(tinyworld):
     """read="code" reads the TopK SAE's own sparse code: a feature with a positive encoder score that is not among
     the input's k largest reads 0 (so amplification leaves the input as it is); read="encoder" reads the score."""

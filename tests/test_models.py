@@ -79,15 +79,23 @@ def test_load_model_by_path(tinyworld):
     torch.testing.assert_close(model.W_E, ref.W_E)
 
 
-def test_both_loaders_attach_the_world(tinyworld):
-    """Functions that take only the model (explain.default_words) must see the world whichever loader was used:
-    without it, explanations of a tinyworld SAE silently ran over the English word list."""
-    from steerlab import explain
+def test_no_loader_attaches_the_world_and_explain_refuses_a_vocabulary_the_model_cannot_spell(tinyworld):
+    """No ``model.world`` monkeypatch: the world comes with the task suite. Without it, ``explain`` on a tinyworld
+    SAE once ran silently over the English list; now the default list is refused on a word-level model and the
+    suite's vocabulary is the world's lexicon."""
+    from steerlab import explain, tasks
+    from steerlab.evals import explanations
+    from steerlab.sae import io as sae_io
 
     model, world = tinyworld
-    assert model.world is world
-    assert explain.default_words(model) == world.lexicon()
-    assert explain.default_words(models.load_model("tinyworld")) == world.lexicon()
+    tiny_sae = sae_io.load_sae("tinyworld", layer=sae_io.DEFAULT_LAYER)
+    assert not hasattr(model, "world") and not hasattr(models.load_model("tinyworld"), "world")
+    suite = tasks.load_suite("tinyworld")
+    assert explanations.vocabulary(suite) == world.lexicon()
+    with pytest.raises(ValueError, match="pass words="):
+        explain.explain(model, tiny_sae, progress=False)
+    ex = explain.explain(model, tiny_sae, words=explanations.vocabulary(suite), progress=False)
+    assert ex.words == explanations.vocabulary(suite)
 
 
 class _FactSuite:

@@ -171,3 +171,26 @@ def test_the_cache_build_is_atomic(tmp_path, monkeypatch):
         gguf.float_folder(path, target)
     assert not (target / "steerlab.json").exists()
     assert json.loads((path.parent / "float32" / "steerlab.json").read_text())["gguf"] == path.name
+
+
+def test_the_readme_python_tour_runs_as_written(gemma, monkeypatch, capsys):
+    """README's "A tour in Python" block, executed as written (``load_model`` hands back the session's Gemma so the
+    test does not load it twice): it explains a feature, steers a generation and leaves the model unhooked."""
+    import re
+
+    from steerlab import models
+    from steerlab.core import run
+    from steerlab.models.paths import REPO_ROOT
+
+    text = (REPO_ROOT / "README.md").read_text()
+    tour = text.split("## A tour in Python", 1)[1]
+    code = re.search(r"```python\n(.*?)```", tour, re.S).group(1)
+    assert "load_model(" in code and "model.hooks(" in code and "explain(" in code
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: gemma)
+    prompt = ["My favourite hobby is"]
+    clean = run.complete(gemma, prompt, 12)
+    exec(compile(code, "README.md", "exec"), {})
+    words, steered = capsys.readouterr().out.strip().splitlines()
+    assert {"musical", "piano", "songs"} <= set(eval(words))  # what the comment in the tour says
+    assert "music" in eval(steered)[0] and "music" not in clean[0]
+    assert not any(h.fwd_hooks for h in gemma.hook_dict.values()) and run.complete(gemma, prompt, 12) == clean

@@ -64,6 +64,82 @@ def test_generate_matches_transformer_lens_generation(tiny):
     assert ours == evaluate.complete(model, prompts, 5)
 
 
+def _rotary(tokenizer):
+    """A random 2-layer model with rotary positions (as Gemma), so prompts of any lengths share a left-padded batch."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=64, d_vocab=len(tokenizer),
+                                  n_ctx=64, act_fn="gelu", normalization_type="RMS", positional_embedding_type="rotary",
+                                  rotary_dim=8, seed=0, default_prepend_bos=True)
+    model = HookedTransformer(cfg, tokenizer=tokenizer)
+    model.eval()
+    return model
+
+
+def _steering_policy(model, sae, layer: int, coef: float):
+    """A greedy-able policy whose choice depends on the state (random last layers; a fresh policy ties at 0)."""
+    cfg = control.ControlConfig(layers=(layer,), d_model=model.cfg.d_model, d_sae=sae.cfg.d_sae, d_hidden=16,
+                                mask="all", coef=coef)
+    pol = control.new_policy(cfg, sae, model, seed=3)
+    with torch.no_grad():
+        for head in pol.heads.values():
+            head[-1].weight.normal_(0, 1.0)
+    return pol
+
+
+def _per_episode(r: rl.Rollout) -> list[list[tuple]]:
+    """Each episode's ``(step, layer, actions)`` in step order."""
+    return [[(int(r.step[i]), int(r.layer[i]), r.actions[i].tolist()) for i in torch.nonzero(r.episode == ep)[:, 0]]
+            for ep in range(len(r.examples))]
+
+
+def _assert_batched_rollout_equals_one_prompt_rollouts(model, pol, sae, exs, n_tok):
+    batched = rl.rollout(model, pol, sae, exs, greedy=True, max_new_tokens=n_tok)
+    alone = [rl.rollout(model, pol, sae, [e], greedy=True, max_new_tokens=n_tok) for e in exs]
+    assert batched.tokens == [a.tokens[0] for a in alone]
+    assert _per_episode(batched) == [_per_episode(a)[0] for a in alone]
+    assert torch.equal(batched.rewards, torch.cat([a.rewards for a in alone]))
+    plain = rl.generate(model, [e.prompt for e in exs], n_tok)
+    assert batched.tokens != plain.tokens, "the policy must change the tokens for the test to mean anything"
+    return batched
+
+
+def test_rollout_of_prompts_of_any_length_is_one_left_padded_batch_on_a_rotary_model(tiny):
+    tok = tiny[0].tokenizer
+    model = _rotary(tok)
+    assert evaluate.pads_left(model)
+    exs = [Example("qa", p, "x", {}) for p in
+           ("question : who is there ? answer :", "fact :", "question : x ? answer :", "reason : 1 + 2 = 3 ; so")]
+    widths = {evaluate.to_tokens(model, e.prompt).shape[1] for e in exs}
+    assert len(widths) == 4  # four lengths: unpadded batches would be four
+    sae = tiny_sae(1)
+    r = _assert_batched_rollout_equals_one_prompt_rollouts(model, _steering_policy(model, sae, 1, 30.0), sae, exs, 4)
+    gen = rl.generate(model, [e.prompt for e in exs], 2)
+    assert len({tuple(rows) for rows, _, _ in gen.calls}) == 1  # one batch for all four prompts
+    assert len(r.tokens) == 4
+
+
+def test_rollout_on_an_absolute_position_model_runs_unpadded_groups_with_one_prompt_results(tiny):
+    model, world = tiny
+    assert not evaluate.pads_left(model)
+    exs = [world.reasoning(random.Random(i)) for i in range(5)]
+    sae = tiny_sae(0)
+    _assert_batched_rollout_equals_one_prompt_rollouts(model, _steering_policy(model, sae, 0, 30.0), sae, exs, 4)
+
+
+def test_gemma_rollout_is_one_left_padded_batch_with_one_prompt_results(gemma):
+    from steerlab.tasks.base import Example as TaskExample
+
+    prompts = ["The capital of France is", "Q: What is 2 + 3?\nA:", "Once upon a time, in a small village by the sea,",
+               "Water"]
+    exs = [TaskExample("qa", p, "x", {}) for p in prompts]
+    sae = tiny_sae(6, d_in=gemma.cfg.d_model)
+    pol = _steering_policy(gemma, sae, 6, 1500.0)
+    _assert_batched_rollout_equals_one_prompt_rollouts(gemma, pol, sae, exs, 4)
+    gen = rl.generate(gemma, prompts, 1)
+    assert [rows for rows, _, _ in gen.calls] == [[3, 0, 1, 2]]  # one batch, shortest first
+
+
 def test_rollout_steps_line_up_with_episodes(tiny):
     model, world = tiny
     sae = tiny_sae(0)

@@ -67,6 +67,14 @@ def test_pick_defence():
                          {"method": "amplify", "strength": 12.0, "asr": 0.16, "benign_acc": 196 / 200},
                          {"method": "amplify", "strength": 16.0, "asr": 0.06, "benign_acc": 195 / 200}])
     assert steering.pick_defence(edge, 0.02).strength == 12.0  # a drop of exactly 0.02 qualifies; 0.025 does not
+    # the paper's methods and the released defence are picked apart: enforce's lower ASR does not win the paper's pick
+    both = pd.concat([sweep.assign(read=["", "encoder", "code"]),
+                      pd.DataFrame([{"method": "enforce", "read": "", "strength": 2.5, "asr": 0.05, "benign_acc": 0.99},
+                                    {"method": "enforce", "read": "", "strength": 5.0, "asr": 0.0, "benign_acc": 0.9}])],
+                     ignore_index=True)
+    chosen, per_read, rel = steering.pick_defences(both, ["encoder", "code"], 0.02)
+    assert (chosen.method, chosen.strength) == ("amplify", 2.0) and (rel.method, rel.strength) == ("enforce", 2.5)
+    assert per_read["encoder"].strength == 2.0 and per_read["code"].method == "none"  # code's only row drops 0.5
 
 
 def test_rate_se_by_hand():
@@ -86,11 +94,31 @@ def test_locally_saved_sae_runs_the_real_model_code_path(tinyworld, rng, tmp_pat
     sae = sae_mod.load_sae(tmp_path, hook_name=HOOK, model=model)
     harm = [world.request(rng, True, True, 1) for _ in range(4)]
     ben = [world.request(rng, False) for _ in range(4)]
-    rates = steering.request_rates(model, harm, ben, features.amplify(HOOK, sae, [0, 1], 0.0))
-    assert rates == steering.request_rates(model, harm, ben)  # alpha 0 changes nothing
     df = steering.defence_sweep(model, HOOK, sae, [0, 1], [50.0], [50.0], harm, ben, reads=("encoder", "code"))
     assert list(df.method) == ["none", "amplify", "calibrate", "amplify", "calibrate"]
-    assert list(df.read) == ["", "encoder", "encoder", "code", "code"] and df.asr.between(0, 1).all()
+    assert list(df.read) == ["", "encoder", "encoder", "code", "code"]
+
+
+def test_defence_sweep_rows_are_the_edits_they_name(tinyworld, rng, untied_sae):
+    """Each sweep row's rates are those of the edit it names, built here from the feature functions: the method,
+    strength, reading and positions reach the hooks (the strengths differ enough that a mix-up changes rates), and
+    the released defence ("enforce") edits every position by default."""
+    from steerlab.steer import released
+
+    model, world = tinyworld
+    sae = untied_sae(d_in=model.cfg.d_model, d_sae=8, hook_name=HOOK)
+    harm = [world.request(rng, True, True, 1) for _ in range(6)]
+    ben = [world.request(rng, False) for _ in range(6)]
+    S = [0, 3]
+    df = steering.defence_sweep(model, HOOK, sae, S, [40.0], [120.0], harm, ben, "last_prompt", reads=("encoder",),
+                                magnitudes=[60.0])
+    assert list(df.method) == ["none", "amplify", "calibrate", "enforce"] and list(df.strength) == [0, 40, 120, 60]
+    by_hand = [[], features.amplify(HOOK, sae, S, 40.0, "last_prompt"),
+               features.calibrate(HOOK, sae, S, 120.0, "last_prompt"), released.enforce(HOOK, sae, S, 60.0, "all")]
+    rates = [steering.request_rates(model, harm, ben, h) for h in by_hand]
+    assert [(r["asr"], r["benign_acc"]) for r in rates] == list(zip(df.asr, df.benign_acc))
+    answers = [steering.decoding.greedy(model, harm + ben, h) for h in by_hand]
+    assert all(a != answers[0] for a in answers[1:])  # every edit changes some answer: the comparison is not empty
 
 
 def test_learned_vector_reaches_a_shared_target_and_is_bounded_by_the_decision(tinyworld, rng):
@@ -228,10 +256,56 @@ def test_spare_through_the_registry_matches_the_formula_by_hand():
     assert torch.equal(apply(method.hooks(2.0))[0, 0], X[0, 0])
 
 
+def released_edit_generate(x, enf_set, enf_bias, b_dec, enf_val, write):
+    """The released ``TopKSAE.edit_generate`` (JacksonWuxs/SteeringLLMs_with_MIExplanations, autoencoder.py) after
+    ``enforce_actv`` (``enf_set = W_enc[:, S]``, ``enf_bias = b_enc[S]``), line by line, in float32. Its write
+    ``@ enf_set.T`` is the decoder rows of its tied SAE: ``write`` = ``W_dec[S]`` here."""
+    org = torch.norm(x, p=2, dim=-1, keepdim=True)
+    h = (x - b_dec) @ enf_set + enf_bias
+    vals = torch.relu(enf_val - torch.relu(h))
+    x = x + enf_val * (vals / vals.sum(axis=-1, keepdim=True)) @ write
+    new = torch.norm(x, p=2, dim=-1, keepdim=True)
+    return x * (org / new)
+
+
+@pytest.mark.parametrize("m, expected", [
+    # h = [0.5, 1.25]. m = 2: shortfalls [1.5, 0.75] -> shares [2/3, 1/3]; x + 2 (2/3 [1, 2, 0] + 1/3 [0, 1, -1])
+    # = [73, 124, -11] / 30, rescaled to |x| = sqrt(1.94)
+    (2.0, torch.tensor([73.0, 124.0, -11.0]) / 30 * (1.94 / (20826 / 900)) ** 0.5),
+    # m = 1: feature 1 is above m (no shortfall), feature 0 gets all of m: x + [1, 2, 0] = [2.1, 2.8, 0.3], rescaled
+    (1.0, torch.tensor([2.1, 2.8, 0.3]) * (1.94 / 12.34) ** 0.5),
+    # m = 0.5: no shortfall anywhere: x unchanged (the released code divides 0 by 0 here)
+    (0.5, torch.tensor([1.1, 0.8, 0.3])),
+])
+def test_released_defence_matches_the_formula_by_hand(m, expected):
+    method = registry.build("enforce", None, {"h": hand_sae()}, hook_name="h", features=[1, 0, 1])
+    out = apply(method.hooks(m))
+    assert torch.allclose(out[0, 1], expected, atol=1e-5), out[0, 1]
+    assert torch.allclose(out[0, 1].norm(), X[0, 1].norm(), atol=1e-5)
+
+
+def test_released_defence_is_the_released_code(untied_sae):
+    """On an untied SAE with biases, at every position of a batch, against the released code written out above."""
+    from steerlab.steer import released
+
+    sae = untied_sae(d_in=16, d_sae=6, seed=3)
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0)) * 2
+    S = [1, 4, 5]
+    W_enc, b_enc, b_dec, W_dec = (sae.W_enc.detach(), sae.b_enc.detach(), sae.b_dec.detach(), sae.W_dec.detach())
+    for m in (0.7, 2.5, 9.0):
+        want = released_edit_generate(x, W_enc[:, S], b_enc[S], b_dec, m, W_dec[S])
+        assert torch.allclose(released.enforce_edit(sae, S, m)(x), want, atol=1e-5)
+        assert torch.allclose(apply(released.enforce("h", sae, S, m), x), want, atol=1e-5)  # "all": every position
+        # the encoder with both biases is what is read: a tied or bias-free reading gives other numbers
+        tied = released_edit_generate(x, W_dec[S].T, b_enc[S], b_dec, m, W_dec[S])
+        no_bias = released_edit_generate(x, W_enc[:, S], torch.zeros(3), torch.zeros(16), m, W_dec[S])
+        assert not torch.allclose(want, tied, atol=1e-3) and not torch.allclose(want, no_bias, atol=1e-3)
+
+
 def test_registry_lists_every_method_and_validates_configs():
-    assert registry.names() == ["none", "amplify", "calibrate", "clamp", "add", "actadd", "meandiff", "learned",
-                                "spare", "cad", "icl"]
-    assert registry.names("features") == ["amplify", "calibrate", "clamp", "add"]
+    assert registry.names() == ["none", "amplify", "calibrate", "clamp", "add", "enforce", "actadd", "meandiff",
+                                "learned", "spare", "cad", "icl"]
+    assert registry.names("features") == ["amplify", "calibrate", "clamp", "add", "enforce"]
     assert registry.names("decoding") == ["cad", "icl"]
     assert registry.build("none").hooks(5.0) == []
     assert registry.build("cad", None, free_prompt=lambda e: e.prompt).hooks(1.0) == []  # decoding: no hooks

@@ -358,13 +358,44 @@ def render_index(profile: str, executed: list[Path], *, runs_root: Path | None =
                     f"<code>{html.escape(last_error_line(failed))}</code>;{link} "
                     f"(<a href='{failed.name}/error.txt'>error.txt</a>); {last}</p>")
         metrics = read_metrics(final) if final.is_dir() else {}
-        row += "<ul>" + "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(json.dumps(v))}</li>"
-                                for k, v in metrics.items()) + "</ul>"
+        row += _metrics_html(profile, stem, metrics)
         rows.append(row)
     index = base / "index.html"
     index.write_text(f"<!doctype html><meta charset='utf-8'><title>steerlab {html.escape(profile)}</title>"
                      f"<h1>steerlab run: {html.escape(profile)}</h1>{''.join(rows)}")
     return index
+
+
+def _metrics_html(profile: str, stem: str, metrics: dict[str, Any]) -> str:
+    """A notebook's figures for the report page: its targets (``results/targets.yaml``, this profile's rows, else
+    the default's) with met / missed, its headline figures rounded, and every metric folded away."""
+    from steerlab import report
+
+    if not metrics:
+        return "<p>(no metrics)</p>"
+    specs = report.load_targets()
+    rows = [r for r in specs.get(profile, specs.get("default", [])) if r["notebook"] == stem]
+    out = ""
+    if rows:
+        cells = []
+        for r in rows:
+            bound, met = report.check(metrics.get(r["key"]), r.get("target", ""), metrics)
+            status = "reported" if not r.get("target") else "not measured" if met is None else "met" if met else "missed"
+            colour = {"met": "#060", "missed": "#b00000"}.get(status, "#555")
+            target = r.get("target") or "–"
+            if bound is not None and any(c.isalpha() for c in target):
+                target += f" (= {report.fmt(bound)})"
+            cells.append(f"<tr><td>{html.escape(r.get('label', r['key']))}</td><td><code>{html.escape(r['key'])}"
+                         f"</code></td><td>{html.escape(target)}</td><td>{report.fmt(metrics.get(r['key']))}</td>"
+                         f"<td style='color:{colour}'>{status}</td></tr>")
+        out += ("<table><tr><th>figure</th><th>key</th><th>target</th><th>measured</th><th></th></tr>"
+                + "".join(cells) + "</table>")
+    top = headline(metrics)
+    out += "<p>" + ", ".join(f"<code>{html.escape(k)}</code> {html.escape(report.fmt(v))}" for k, v in top.items()) + "</p>"
+    out += ("<details><summary>all metrics</summary><ul>" + "".join(
+        f"<li><code>{html.escape(k)}</code>: {html.escape(report.fmt(v) if not isinstance(v, (list, dict)) else json.dumps(v))}</li>"
+        for k, v in metrics.items()) + "</ul></details>")
+    return out
 
 
 def headline(metrics: dict[str, Any], n: int = HEADLINE_KEYS) -> dict[str, Any]:
@@ -415,14 +446,16 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"steerlab.pipeline: error: --only names unknown notebooks {unknown}; "
                              f"{_unknown(unknown[0], stems)}")
         notebooks = [n for n in notebooks if n.stem in args.only]
-    executed, rows, failure = [], [], None
+    executed, rows, failure, seconds = [], [], None, {}
     for nb in notebooks:
         if failure is not None:
             rows.append((nb.stem, "not run: an earlier notebook failed"))
             continue
         log.info("running %s (profile %s)", nb.name, profile)
+        t0 = time.monotonic()
         try:
             out = execute(nb, profile, spec, args.kernel, runs_root=args.runs_root)
+            seconds[nb.stem] = round(time.monotonic() - t0, 1)
         except NotebookFailed as e:
             failure = e
             if (e.failed_dir / nb.name).is_file():
@@ -435,8 +468,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nHeadline metrics (profile {profile}):\n{summary_table(rows)}\n\nExecuted notebooks and HTML: {index}")
     if failure is not None:
         print(f"\n{failure}", file=sys.stderr)
-    print(f"make run took {time.monotonic() - start:.0f} s")
+    total = time.monotonic() - start
+    if failure is None and len(seconds) == len(notebooks_in(args.notebook_dir)):
+        write_run_seconds(index.parent, total, seconds)
+    print(f"make run took {total:.0f} s")
     return 1 if failure is not None else 0
+
+
+def write_run_seconds(folder: Path, total: float, seconds: dict[str, float]) -> Path:
+    """``<folder>/run_seconds.json``: the wall time of a complete, successful run of every notebook, per notebook
+    and in all (HTML rendering included), with the machine it ran on (``make results`` copies it to results/)."""
+    import os
+
+    out = Path(folder) / "run_seconds.json"
+    data = {"make_run_seconds": round(total, 1), "notebook_seconds": seconds, "cpu_count": os.cpu_count(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "setup_excluded": True}
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(out)
+    return out
 
 
 if __name__ == "__main__":

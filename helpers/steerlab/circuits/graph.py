@@ -2,19 +2,32 @@
 
 A graph explains one prompt's target logit(s) with the *local replacement model*: at every SAE layer ``L``
 the residual stream ``blocks.L.hook_resid_post`` is written as ``sum_s a_s W_dec[s] + b_dec + err_L``, the
-SAE error ``err_L`` held fixed. Edges are direct linear effects with attention patterns and LayerNorm
-scales frozen at the prompt's values (MLPs are linearised at the prompt): the weight of the edge from
-source ``s`` to target ``t`` is ``a_s * d pre_t / d a_s`` (gradient times activation), where ``pre_t`` is
-the target feature's encoder pre-activation ``(x - b_dec) W_enc[:, t] + b_enc[t]`` and, for a logit node,
-the (demeaned) logit. Because each SAE layer's reconstruction carries the whole residual stream, edges run
-from one SAE layer to the next one only (embeddings -> first SAE layer -> ... -> last SAE layer -> logits).
+SAE error ``err_L`` held fixed. The weight of the edge from source ``s`` to target ``t`` is
+``a_s * d pre_t / d a_s`` (gradient times activation), where ``pre_t`` is the target feature's encoder
+pre-activation ``(x - b_dec) W_enc[:, t] + b_enc[t]`` and, for a logit node, the (demeaned) logit. Because
+each SAE layer's reconstruction carries the whole residual stream, edges run from one SAE layer to the next
+one only (embeddings -> first SAE layer -> ... -> last SAE layer -> logits).
+
+**The edges are a first-order approximation, not circuit-tracer's exact edges** (:data:`ATTRIBUTION`).
+circuit-tracer replaces every MLP by a transcoder and stops the gradient at the MLP output, with attention
+patterns and normalisation scales frozen: every edge is then a linear effect and the graph is exact. Here
+the SAEs read the residual stream, so between two SAE layers the gradient flows *through* the MLPs (and the
+attention value paths): attention patterns and normalisation scales are frozen at the prompt's values, but
+each MLP is linearised at the prompt (its Jacobian at the prompt's activations). An edge is the derivative
+times the activation, exact for small changes only; ablations move the logit by about the predicted amount
+only as far as the MLPs behave linearly (``steerlab.evals.circuits.faithfulness`` measures how far). There
+are no edges that skip an SAE layer, and an error node stands for everything the SAE of its layer misses of
+the whole residual stream (attention and MLP alike), not only an MLP's reconstruction error.
 
 Edges are computed one *batch of target rows* per backward pass: the segment of blocks between two SAE
 layers is run on ``B`` copies of the source residual stream, row ``b`` back-propagates target ``b`` only;
 a batch runs only the causal prefix up to its targets' positions (later positions cannot affect them).
 
-Pruning and the scores follow circuit-tracer (``prune_graph``, ``compute_graph_scores``): influence is
-the logit-weighted sum over all paths of the row-normalised absolute adjacency matrix.
+Pruning follows circuit-tracer (``prune_graph``): influence is the logit-weighted sum over all paths of the
+row-normalised absolute adjacency matrix; :func:`cumulative_influence` is the share circuit-tracer writes as a
+node's ``influence`` in its JSON. The scores of :func:`graph_scores` use circuit-tracer's formulas
+(``compute_graph_scores``) but, on this graph, measure something else, hence their names
+(``residual_replacement``, ``residual_completeness``; see :class:`GraphScores`).
 """
 
 from __future__ import annotations
@@ -31,6 +44,11 @@ from transformer_lens import HookedTransformer
 from steerlab.core.activations import rescales_by_decoder_norm
 
 log = logging.getLogger(__name__)
+
+ATTRIBUTION = ("residual-SAE, first-order: edges are gradient x activation between adjacent SAE layers "
+               "(residual-stream SAEs at blocks.L.hook_resid_post), attention patterns and normalisation scales "
+               "frozen, gradients through the MLPs (linearised at the prompt); not circuit-tracer's exact "
+               "transcoder edges")  # written into the JSON metadata (``steerlab.circuits.io.to_json``)
 
 
 @dataclass
@@ -73,7 +91,8 @@ class AttributionGraph:
     * ``[F + L*P, F + L*P + P)``: token embedding nodes (token + positional embedding), one per position;
     * the last ``len(logit_tokens)`` rows: the target logit nodes (at the last position).
 
-    Only feature and logit rows have incoming edges.
+    Only feature and logit rows have incoming edges, and only from the SAE layer (or the embeddings) just below:
+    the edges are a first-order approximation through the MLPs (see the module docstring, :data:`ATTRIBUTION`).
     """
 
     prompt: str
@@ -89,6 +108,7 @@ class AttributionGraph:
     logit_weights_given: bool = False  # True when targets were given (weights uniform) rather than top logits
     n_backward: int = 0  # backward passes used to build it
     meta: dict = field(default_factory=dict)
+    d_sae: dict[int, int] = field(default_factory=dict)  # {layer: SAE width}: sets the JSON's feature-id offset
 
     @property
     def n_pos(self) -> int:
@@ -295,7 +315,7 @@ def build_graph(model: HookedTransformer, saes: Mapping[int, object], prompt: st
     fill(F + (nL + 1) * P + torch.arange(nT), grads, nL - 1)
     words = [model.tokenizer.decode([int(t)]) for t in tokens[0]]
     return AttributionGraph(prompt, words, tokens[0].tolist(), layers, feats, values, by_pos, A,
-                            logit_tokens, logit_probs, given, n_bwd)
+                            logit_tokens, logit_probs, given, n_bwd, d_sae={l: int(saes[l].cfg.d_sae) for l in layers})
 
 
 # ----------------------------------------------------------------------------------------------- influence
@@ -317,6 +337,17 @@ def compute_influence(A: Tensor, weights: Tensor, max_iter: int = 1000) -> Tenso
     raise RuntimeError("influence did not converge: the adjacency matrix has a cycle")
 
 
+def cumulative_influence(influence: Float[Tensor, "n_nodes"]) -> Float[Tensor, "n_nodes"]:
+    """circuit-tracer's ``cumulative_scores``: with the nodes sorted by influence (largest first), each node's
+    share of the total influence held by it and every node above it, in [0, 1]. The most influential node has
+    the smallest value; pruning at ``node_threshold`` keeps about the nodes with a share <= the threshold (the
+    rule circuit-tracer's viewer applies to the ``influence`` field of its JSON)."""
+    order = influence.argsort(descending=True, stable=True)
+    cum = torch.zeros_like(influence)
+    cum[order] = influence[order].cumsum(0) / influence.sum().clamp(min=1e-10)
+    return cum.clamp(0.0, 1.0)
+
+
 def _find_threshold(scores: Tensor, share: float) -> Tensor:
     """The smallest score among the top scores that together hold ``share`` of the total."""
     s = scores.flatten().sort(descending=True).values
@@ -329,7 +360,7 @@ class PruneResult:
     """Masks over the node order of :class:`AttributionGraph`.
 
     node_mask: [n_nodes] kept nodes; edge_mask: [n_nodes, n_nodes] kept edges (target, source);
-    cumulative_scores: [n_nodes] each node's cumulative influence share when nodes are sorted by influence.
+    cumulative_scores: [n_nodes] each node's cumulative influence share (:func:`cumulative_influence`, in [0, 1]).
     influence: [n_nodes] each node's influence on the targets (unpruned graph)."""
 
     node_mask: Tensor
@@ -363,23 +394,27 @@ def prune(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: 
         edge_mask &= node_mask[:, None] & node_mask[None, :]
         if torch.equal(old, node_mask):
             break
-    order = influence.argsort(descending=True)
-    cum = torch.zeros_like(influence)
-    cum[order] = influence[order].cumsum(0) / influence.sum().clamp(min=1e-10)
-    return PruneResult(node_mask, edge_mask, cum, influence)
+    return PruneResult(node_mask, edge_mask, cumulative_influence(influence), influence)
 
 
 @dataclass
 class GraphScores:
-    """replacement: share of the token+error influence that enters through tokens rather than errors;
-    completeness: influence-weighted share of each node's input that comes from non-error nodes."""
+    """circuit-tracer's two formulas on a residual-SAE graph, named so as not to claim circuit-tracer's meaning.
 
-    replacement: float
-    completeness: float
+    residual_replacement: share of the token + error influence that enters through token embeddings rather than
+        SAE error nodes (circuit-tracer's replacement score). With transcoders an error node is one MLP's
+        reconstruction error and every path is exact; here an error node is what a residual-stream SAE misses of
+        the whole stream, and the paths are first-order (module docstring), so the numbers are not comparable
+        with circuit-tracer's.
+    residual_completeness: influence-weighted share of each node's input that comes from non-error nodes
+        (circuit-tracer's completeness score formula), with the same caveat."""
+
+    residual_replacement: float
+    residual_completeness: float
 
 
 def graph_scores(graph: AttributionGraph) -> GraphScores:
-    """circuit-tracer's replacement and completeness scores of the unpruned graph."""
+    """The residual-SAE replacement and completeness scores of the unpruned graph (:class:`GraphScores`)."""
     A, w = graph.adjacency_matrix, graph.logit_weights()
     F, nL, P = graph.n_features, len(graph.layers), graph.n_pos
     norm = normalize_matrix(A)

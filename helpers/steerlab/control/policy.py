@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from steerlab.core.activations import fingerprint
+from steerlab.core.hooks import check_features, check_strength
 from steerlab.core.hooks import hook_name_for as hook_name  # re-exported: notebook 04 and rl.py use control.hook_name
 
 MASK_RULES = ("active", "all")
@@ -75,6 +76,7 @@ class ControlConfig:
             raise ValueError(f"ControlConfig.k={self.k} exceeds d_sae={self.d_sae}")
         if not 0.0 < self.noop_prior < 1.0:
             raise ValueError(f"ControlConfig.noop_prior must lie in (0, 1) (got {self.noop_prior})")
+        check_strength(self.coef, "ControlConfig.coef")
 
     @property
     def n_actions(self) -> int:
@@ -249,8 +251,10 @@ def policy_hooks(policy: ControlPolicy, saes, greedy: bool = True, trace: Trace 
 
 
 def feature_hooks(sae, layer: int, feature: int, coef: float) -> list[tuple[str, callable]]:
-    """Fixed steering with one feature: add ``coef * W_dec[feature]`` at the last position of every call."""
-    direction = coef * sae.W_dec[feature].detach()
+    """Fixed steering with one feature: add ``coef * W_dec[feature]`` at the last position of every call
+    (``feature`` an integer in ``[0, d_sae)``, ``coef`` finite; a negative ``coef`` subtracts the feature)."""
+    [feature] = check_features([feature], sae.W_dec.shape[0], "feature")
+    direction = check_strength(coef, "coef") * sae.W_dec[feature].detach()
 
     def fn(resid, hook):
         resid = resid.clone()
@@ -274,11 +278,14 @@ def new_policy(cfg: ControlConfig, saes, model=None, seed: int = 0) -> ControlPo
 
 
 def save_policy(policy: ControlPolicy, path: str | Path, **extra) -> Path:
-    """Write ``cfg.json`` (config + ``extra`` metadata such as training stats) and ``policy.safetensors``."""
+    """Write ``cfg.json`` (config + ``extra`` metadata such as training stats) and ``policy.safetensors``,
+    atomically (:func:`steerlab.core.runs.atomic_folder`): a failed save leaves the previous policy as it was."""
+    from steerlab.core.runs import atomic_folder
+
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in policy.state_dict().items()}, str(path / "policy.safetensors"))
-    (path / "cfg.json").write_text(json.dumps({"config": dataclasses.asdict(policy.cfg), **extra}, indent=1))
+    with atomic_folder(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in policy.state_dict().items()}, str(tmp / "policy.safetensors"))
+        (tmp / "cfg.json").write_text(json.dumps({"config": dataclasses.asdict(policy.cfg), **extra}, indent=1))
     return path
 
 

@@ -1,7 +1,8 @@
 """Reinforcement learning for the control model (CRL) and the RLVR reference, with a verifiable reward.
 
 * :func:`generate` is the batched rollout loop: greedy (or sampled) decoding with the KV cache, hooks applied,
-  so a policy hook acts once per generated token.
+  so a policy hook acts once per generated token; on a rotary model (Gemma) prompts of any lengths share one
+  left-padded batch (:func:`steerlab.core.run.batches`).
 * :func:`train_control` trains a :class:`steerlab.control.ControlPolicy` with PPO (clipped ratio, learned value
   baseline ``A = R - V(x_t)``) or GRPO (``A = (R - mean_group R) / std_group R``, no critic), an entropy bonus
   and a KL penalty toward the "no steering" reference policy (``control.ControlPolicy.reference_logp``).
@@ -29,6 +30,8 @@ from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from steerlab.control import policy as control
+from steerlab.core import run
+from steerlab.core.hooks import check_hooks
 from steerlab.core.runs import deterministic
 
 log = logging.getLogger(__name__)
@@ -101,24 +104,29 @@ class Generation(NamedTuple):
 def next_logits(model, tokens: Tensor, cache=None) -> Float[Tensor, "batch d_vocab"]:
     """Logits of the next token after ``tokens`` [batch, pos] (extending ``cache`` when given), unembedding the
     last position only: a real model's unembedding (Gemma: 262k tokens) would otherwise cost more than the blocks
-    for every prompt position. Hooks on the residual stream act as in a full forward."""
-    resid = model(tokens, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
+    for every prompt position. ``tokens`` may be left-padded (the attention mask, kept in ``cache``, hides the
+    padding). Hooks on the residual stream act as in a full forward."""
+    resid = model(tokens, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers, padding_side="left")
     return model.unembed(model.ln_final(resid[:, -1:]))[:, -1].float()
 
 
 @torch.no_grad()
 def generate(model, prompts: Sequence[str], max_new_tokens: int, fwd_hooks=(), sample: bool = False,
-             generator: torch.Generator | None = None) -> Generation:
+             generator: torch.Generator | None = None, batch_size: int = 64) -> Generation:
     """Decode with the KV cache (one position per call after the prompt), hooks applied; greedy unless
-    ``sample``. Prompts are grouped by token length so batches are unpadded (absolute positions)."""
+    ``sample``.
+
+    Batches are :func:`steerlab.core.run.batches` of at most ``batch_size`` prompts, run shortest first: on a
+    rotary model (Gemma) prompts of any lengths share one left-padded batch (every prompt ends at the last
+    position, which is where policy and feature hooks steer; the attention mask hides the padding and rotary
+    positions count from each prompt's own first token), on an absolute-position model (tinyworld) each batch
+    holds prompts of one token length, unpadded. Greedy tokens equal those of one-prompt runs (tested)."""
     eos = model.tokenizer.eos_token_id
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, p in enumerate(prompts):
-        groups[model.to_tokens(p).shape[1]].append(i)
     out_tok: list[list[int]] = [[] for _ in prompts]
     calls = []
-    for _, rows in sorted(groups.items()):
-        cur = model.to_tokens([prompts[i] for i in rows])
+    # sorted by width: equal-length groups run in length order, as sampled runs always drew their noise
+    for rows, cur in sorted(run.batches(model, prompts, batch_size, max_new_tokens), key=lambda b: b[1].shape[1]):
+        cur = cur.to(model.cfg.device)
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(rows))
         done = torch.zeros(len(rows), dtype=torch.bool)
         for step in range(max_new_tokens):
@@ -126,14 +134,14 @@ def generate(model, prompts: Sequence[str], max_new_tokens: int, fwd_hooks=(), s
                 logits = next_logits(model, cur, cache)
             calls.append((rows, step, ~done))
             nxt = (torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1) if sample
-                   else logits.argmax(-1))
+                   else logits.argmax(-1)).cpu()
             for j, t in enumerate(nxt.tolist()):
                 if not done[j] and t != eos:
                     out_tok[rows[j]].append(t)
             done = done | (nxt == eos)
             if bool(done.all()):
                 break
-            cur = nxt[:, None]
+            cur = nxt[:, None].to(model.cfg.device)
     return Generation([model.tokenizer.decode(t) for t in out_tok], out_tok, calls)
 
 

@@ -29,15 +29,26 @@ generations). A one-token prompt (``<bos>`` alone) cannot be told apart from a c
 
 Feature edits read and written through an SAE (amplify, calibrate, clamp, add) live in
 :mod:`steerlab.steer.features`; every steering method is listed in :mod:`steerlab.steer.registry`.
+
+Checks
+------
+What a steering call takes is checked here, once, by every entry point: :func:`check_hook_names` (a hook the
+model lacks is an error naming it and the closest names it has, not TransformerLens's bare ``KeyError``),
+:func:`check_strength` (NaN and inf are errors naming the parameter; a negative strength is legal) and
+:func:`check_features` (SAE feature ids are integers in ``[0, d_sae)``).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import difflib
+import math
+import operator
+from typing import Callable, Iterable, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
 
 def hook_name_for(layer: int) -> str:
     """The residual-stream hook (TransformerLens name) an SAE or a policy of ``layer`` reads and writes."""
@@ -94,6 +105,66 @@ class PositionTracker:
         return m
 
 
+class HookNameError(ValueError, KeyError):
+    """A hook name the model does not have (a ``ValueError``, and a ``KeyError`` as TransformerLens raises)."""
+
+    __str__ = ValueError.__str__  # the message as written, not KeyError's repr of it
+
+
+def check_hook_names(model, names: Iterable[str]) -> None:
+    """Raise :class:`HookNameError` for the first of ``names`` that ``model`` has no hook point for, naming it,
+    the closest names the model has (difflib) and its layer range."""
+    for name in names:
+        if name in model.hook_dict:
+            continue
+        close = difflib.get_close_matches(str(name), list(model.hook_dict), n=4, cutoff=0.6)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        raise HookNameError(f"the model has no hook {name!r}: {hint}its layers are 0..{model.cfg.n_layers - 1} and "
+                            "its hook names are those of model.hook_dict (TransformerLens names such as "
+                            "'blocks.0.hook_resid_post')")
+
+
+def check_hooks(model, fwd_hooks: Iterable[Hook]) -> list[Hook]:
+    """``fwd_hooks`` as a list, after :func:`check_hook_names` on their names (call before ``model.hooks``; a
+    name filter given as a callable, which TransformerLens also takes, is not checked)."""
+    fwd_hooks = list(fwd_hooks)
+    check_hook_names(model, [name for name, _ in fwd_hooks if isinstance(name, str)])
+    return fwd_hooks
+
+
+def check_strength(value, name: str = "strength") -> float:
+    """``value`` as a float; NaN, inf and non-numbers are a ``ValueError`` naming the parameter ``name``.
+
+    A negative strength is legal: every edit is linear in it, so it steers the other way (see each builder)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number (got {value!r})") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name}={value!r}: a steering strength must be finite (NaN or inf turns every "
+                         f"logit into NaN); pass a finite {name}")
+    return v
+
+
+def check_features(features: Sequence, d_sae: int, name: str = "features") -> list[int]:
+    """``features`` as a list of ints; an id that is not an integer (``2.7``, ``True``) or lies outside
+    ``[0, d_sae)`` (``-1`` would silently index from the end) is a ``ValueError`` naming it and the range."""
+    out = []
+    for i, f in enumerate(features):
+        try:
+            if isinstance(f, bool) or (isinstance(f, Tensor) and f.dtype == torch.bool):
+                raise TypeError
+            c = operator.index(f)
+        except TypeError:
+            c = None
+        if c is None or not 0 <= c < d_sae:
+            what = "is not an integer" if c is None else "is out of range"
+            raise ValueError(f"feature id {f!r} ({name}[{i}]) {what}: feature ids of this SAE are integers in "
+                             f"[0, {d_sae}) (d_sae={d_sae})")
+        out.append(c)
+    return out
+
+
 def check_positions(positions: str) -> str:
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS} (got {positions!r})")
@@ -120,6 +191,13 @@ def edit_hook(hook_name: str, edit: Callable[[Tensor], Tensor], positions: str =
 def add_vector(hook_name: str, vector: Float[Tensor, "*batch d_model"], coeff: float = 1.0,
                positions: str = "all") -> list[Hook]:
     """ActAdd / mean-difference steering: ``x' = x + coeff * vector`` at the selected positions (``vector``
-    is ``[d_model]``, or ``[batch, 1, d_model]`` for one vector per sequence of a single batch)."""
+    is ``[d_model]``, or ``[batch, 1, d_model]`` for one vector per sequence of a single batch).
+
+    ``coeff`` must be finite (NaN/inf: ``ValueError`` naming ``coeff``), and so must ``vector``; a negative
+    ``coeff`` is legal and subtracts the vector (steers away from its direction); ``0`` is the unsteered model."""
+    coeff = check_strength(coeff, "coeff")
     v = vector.detach().float()
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"the steering vector for {hook_name!r} holds NaN or inf: fit it again on finite "
+                         "activations")
     return edit_hook(hook_name, lambda x: x + coeff * v.to(x.device), positions)

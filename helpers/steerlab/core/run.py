@@ -18,6 +18,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from steerlab.core.hooks import check_hooks
+
 
 def to_tokens(model: HookedTransformer, prompts: str | Sequence[str], extra: int = 0) -> Tensor:
     """``model.to_tokens`` that never truncates silently: a prompt whose tokens (plus ``extra`` tokens to be
@@ -73,6 +75,7 @@ def batches(model: HookedTransformer, prompts: Sequence[str], batch_size: int, e
 def last_token_logits(model: HookedTransformer, prompts: Sequence[str], fwd_hooks=(), batch_size: int = 256
                       ) -> Float[Tensor, "batch d_vocab"]:
     """Logits of the token after each prompt (the prompt's last position), in prompt order."""
+    fwd_hooks = check_hooks(model, fwd_hooks)
     out = torch.empty(len(prompts), model.cfg.d_vocab)
     for chunk, tokens in batches(model, prompts, batch_size):
         with model.hooks(fwd_hooks=list(fwd_hooks)):
@@ -96,6 +99,7 @@ def complete(model: HookedTransformer, prompts: Sequence[str], max_new_tokens: i
     Uses ``HookedTransformer.generate``; with ``use_cache`` the KV cache is on and each hook sees one
     position per generated token, so hooks must steer every position they are given.
     """
+    fwd_hooks = check_hooks(model, fwd_hooks)
     out: list[str] = [""] * len(prompts)
     eos = model.tokenizer.eos_token_id
     for chunk, tokens in batches(model, prompts, batch_size, max_new_tokens):
@@ -123,6 +127,29 @@ def answer(model: HookedTransformer, examples: Sequence, fwd_hooks=(), use_cache
             res = next_words(model, prompts, fwd_hooks)
         for i, r in zip(idx, res):
             out[i] = r
+    return out
+
+
+@torch.no_grad()
+def sequence_nll(model: HookedTransformer, texts: Sequence[str], batch_size: int = 16, pos_chunk: int = 128
+                 ) -> Float[Tensor, " batch"]:
+    """Mean NLL per text over every token after ``<bos>``, teacher-forced: what Hugging Face's
+    ``model(input_ids, labels=input_ids).loss`` returns for one text (``T`` tokens with ``<bos>``: the mean of
+    ``-log p(t_i | t_<i)`` for ``i = 1 .. T-1``). Texts are batched by token length (never padded); the final
+    norm and unembedding run on ``pos_chunk`` positions at a time, so a long text on a large vocabulary does not
+    hold all its logits at once."""
+    out = torch.empty(len(texts))
+    for _, idx in _groups_by_length(model, texts).items():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s: s + batch_size]
+            tokens = to_tokens(model, [texts[i] for i in chunk])
+            resid = model(tokens, stop_at_layer=model.cfg.n_layers)  # [batch, pos, d_model], before ln_final
+            total = torch.zeros(len(chunk))
+            for a in range(0, tokens.shape[1] - 1, pos_chunk):
+                b = min(a + pos_chunk, tokens.shape[1] - 1)
+                logp = model.unembed(model.ln_final(resid[:, a:b])).float().log_softmax(-1)
+                total += -logp.gather(-1, tokens[:, a + 1: b + 1, None])[..., 0].sum(-1).cpu()
+            out[chunk] = total / max(tokens.shape[1] - 1, 1)
     return out
 
 

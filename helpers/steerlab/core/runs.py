@@ -65,6 +65,37 @@ def _clean(v: Any) -> Any:
     return v
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, keep: bool = True) -> Iterator[Path]:
+    """A checkpoint folder written under a temporary sibling name that replaces ``path`` only on success.
+
+    Yields ``<path>.tmp`` (with ``keep``, a fresh copy of what ``path`` holds, so files the block does not rewrite
+    stay as they were). When the block returns, ``path`` is moved to ``<path>.old``, the new folder renamed into
+    place and the old one removed; when it raises, the temporary folder is removed and ``path`` is untouched, so
+    an interrupted or failing save leaves the previous checkpoint loadable. A ``<path>.old`` left by a process
+    killed between the two renames is put back first."""
+    import shutil
+
+    path = Path(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    if old.is_dir() and not path.exists():
+        old.rename(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if keep and path.is_dir():
+        shutil.copytree(path, tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _write_json(path: Path, obj: Any) -> Path:
     """Write ``obj`` as JSON through a temporary file and an atomic rename: a crash never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")

@@ -358,12 +358,14 @@ def faithfulness_figure(results: Mapping[str, Faithfulness]):
 
 
 def mean_graph_scores(graphs: Sequence[AttributionGraph]) -> dict[str, float]:
-    """Replacement and completeness scores averaged over graphs."""
+    """``residual_replacement_score`` and ``residual_completeness_score`` averaged over graphs: circuit-tracer's
+    formulas on residual-SAE, first-order graphs, named so as not to claim its meaning
+    (:class:`steerlab.circuits.graph.GraphScores`)."""
     from steerlab.circuits.graph import graph_scores
 
     scores = [graph_scores(g) for g in graphs]
-    return {"replacement_score": float(np.mean([s.replacement for s in scores])),
-            "completeness_score": float(np.mean([s.completeness for s in scores]))}
+    return {"residual_replacement_score": float(np.mean([s.residual_replacement for s in scores])),
+            "residual_completeness_score": float(np.mean([s.residual_completeness for s in scores]))}
 
 
 # ------------------------------------------------------------------------------------------- control model
@@ -459,9 +461,10 @@ def summary(faith: Mapping[str, Faithfulness], faith_live: Mapping[str, Faithful
             subject_survey: SourcePathSurvey | None = None, control: ControlAnalysis | None = None,
             transfer: Mapping[str, float] | None = None) -> dict:
     """Notebook 05's metrics: ``faithfulness_<task>`` (mean per-prompt r), ``_pooled``, ``_live_attention`` for each
-    task of ``faith``; the graph scores; the ground-truth source path (``ground_truth_path_*``, tinyworld) and the
-    subject path (``subject_path_rate``, ``subject_path_rate_nt08``) when surveyed; the first graph's size and
-    build time; the control-model and transfer metrics when measured."""
+    task of ``faith``; the graph scores (``residual_replacement_score``, ``residual_completeness_score``); the
+    ground-truth source path (``ground_truth_path_*``, tinyworld) and the subject path (``subject_path_rate``,
+    ``subject_path_rate_nt08``) when surveyed; the first graph's size and build time; the control-model and
+    transfer metrics when measured."""
     out: dict = {}
     for name in faith:
         out.update({f"faithfulness_{name}": faith[name].mean, f"faithfulness_{name}_pooled": faith[name].pooled,

@@ -26,7 +26,9 @@ tinyworld-only mechanism checks (skipped for a suite without a world; :func:`has
 :func:`source_patch_effect`, :func:`decision_attention`, :func:`checks_end_edit`.
 
 The defence (Wu et al.): amplify or calibrate harmful-topic and refusal features on jailbreak-wrapped harmful
-requests; attack success rate (ASR, share not refused) and benign accuracy (:func:`defence_sweep`).
+requests (the paper's formulas), or enforce them as the released code does (registry ``enforce``,
+:mod:`steerlab.steer.released`); attack success rate (ASR, share not refused) and benign accuracy
+(:func:`defence_sweep`).
 """
 
 from __future__ import annotations
@@ -382,23 +384,31 @@ def rate_se(*rates: float, n: int) -> float:
 
 
 DEFENCE_METHODS = ("amplify", "calibrate")  # registry names the defence sweeps (strengths: alphas, betas)
+RELEASED_DEFENCE = "enforce"  # the released code's defence (registry name; strengths: magnitudes m)
 
 
 def defence_hooks(model, hook_name: str, sae, features: Sequence[int], method: str, strength: float,
-                  positions: str = "all", read: str = "encoder") -> list[hooks.Hook]:
-    """The hooks of one defence setting, from the registry (``method`` ``none`` gives no hooks)."""
+                  positions: str = "all", read: str = "encoder", enforce_positions: str = "all") -> list[hooks.Hook]:
+    """The hooks of one defence setting, from the registry (``method`` ``none`` gives no hooks). The released
+    defence (:data:`RELEASED_DEFENCE`) reads with the encoder always and edits ``enforce_positions``."""
     if method == "none":
         return []
+    if method == RELEASED_DEFENCE:
+        return registry.build(method, model, {hook_name: sae}, hook_name=hook_name, features=list(features),
+                              positions=enforce_positions).hooks(strength)
     return registry.build(method, model, {hook_name: sae}, hook_name=hook_name, features=list(features),
                           positions=positions, read=read).hooks(strength)
 
 
 def defence_sweep(model, hook_name: str, sae, features: Sequence[int], alphas: Sequence[float],
                   betas: Sequence[float], harmful: Sequence, benign: Sequence, positions: str = "all",
-                  reads: Sequence[str] = ("encoder",)) -> pd.DataFrame:
+                  reads: Sequence[str] = ("encoder",), magnitudes: Sequence[float] = (),
+                  enforce_positions: str = "all") -> pd.DataFrame:
     """ASR and benign accuracy for amplification over ``alphas`` and calibration over ``betas`` (registry methods
-    :data:`DEFENCE_METHODS`), for each way of reading the features in ``reads`` (``steerlab.steer.features.READS``);
-    columns method, read, strength, asr, benign_acc. The first row (method ``none``) is the unsteered model."""
+    :data:`DEFENCE_METHODS`), for each way of reading the features in ``reads`` (``steerlab.steer.features.READS``),
+    then the released defence over ``magnitudes`` (method :data:`RELEASED_DEFENCE`, read ``""``: it has one
+    reading, at ``enforce_positions``); columns method, read, strength, asr, benign_acc. The first row (method
+    ``none``) is the unsteered model."""
     rows = [{"method": "none", "read": "", "strength": 0.0, **request_rates(model, harmful, benign)}]
     for read in reads:
         for method, strengths in zip(DEFENCE_METHODS, (alphas, betas)):
@@ -406,6 +416,10 @@ def defence_sweep(model, hook_name: str, sae, features: Sequence[int], alphas: S
                 edit = defence_hooks(model, hook_name, sae, features, method, s, positions, read)
                 rows.append({"method": method, "read": read, "strength": s,
                              **request_rates(model, harmful, benign, edit)})
+    for m in magnitudes:
+        edit = defence_hooks(model, hook_name, sae, features, RELEASED_DEFENCE, m, enforce_positions=enforce_positions)
+        rows.append({"method": RELEASED_DEFENCE, "read": "", "strength": m,
+                     **request_rates(model, harmful, benign, edit)})
     return pd.DataFrame(rows)
 
 
@@ -418,6 +432,18 @@ def pick_defence(sweep: pd.DataFrame, max_benign_drop: float = 0.02) -> pd.Serie
     return ok.sort_values(["asr", "strength"]).iloc[0]
 
 
+def pick_defences(sweep: pd.DataFrame, reads: Sequence[str], max_benign_drop: float = 0.02
+                  ) -> tuple[pd.Series, dict[str, pd.Series], pd.Series]:
+    """``(chosen, per_read, released)`` by :func:`pick_defence`'s rule: over the paper's methods
+    (:data:`DEFENCE_METHODS`, every reading), over each reading of them, and over the released defence
+    (:data:`RELEASED_DEFENCE`), each against the unsteered row."""
+    none = sweep.method == "none"
+    paper = sweep[none | sweep.method.isin(DEFENCE_METHODS)]
+    chosen = pick_defence(paper, max_benign_drop)
+    per_read = {r: pick_defence(paper[(paper.method == "none") | (paper.read == r)], max_benign_drop) for r in reads}
+    return chosen, per_read, pick_defence(sweep[none | (sweep.method == RELEASED_DEFENCE)], max_benign_drop)
+
+
 def defence_figure(sweep: pd.DataFrame, reads: Sequence[str], max_benign_drop: float = 0.02):
     """The defence trade-off on the selection requests: ASR against benign accuracy per method and reading
     (points labelled by strength), the unsteered point, the allowed benign drop (green band) and the ASR target
@@ -427,9 +453,13 @@ def defence_figure(sweep: pd.DataFrame, reads: Sequence[str], max_benign_drop: f
     series = {f"{m} ({r})": (rows.benign_acc.tolist(), rows.asr.tolist(), rows.strength.tolist())
               for m in DEFENCE_METHODS for r in reads
               for rows in [sweep[(sweep.method == m) & (sweep.read == r)]]}
+    rel = sweep[sweep.method == RELEASED_DEFENCE]
+    if len(rel):
+        series[f"{RELEASED_DEFENCE} (released code)"] = (rel.benign_acc.tolist(), rel.asr.tolist(),
+                                                         rel.strength.tolist())
     unsteered = sweep[sweep.method == "none"].iloc[0]
     fig = plots.tradeoff(series, "benign accuracy", "attack success rate",
-                         "defence trade-off on selection requests (labels: alpha or beta)",
+                         "defence trade-off on selection requests (labels: alpha, beta or m)",
                          origin=(unsteered.benign_acc, unsteered.asr))
     fig.axes[0].axvspan(unsteered.benign_acc - max_benign_drop, unsteered.benign_acc + 0.005, color="tab:green",
                         alpha=0.1)
@@ -460,16 +490,19 @@ def defence_sets(suite, n: int, seed: int = 0) -> dict[str, list] | None:
 
 
 def defence_eval(model, hook_name: str, sae, features: Sequence[int], sets: Mapping[str, list],
-                 chosen: pd.Series, per_read: Mapping[str, pd.Series], positions: str = "all") -> dict:
-    """The chosen setting and the best setting of each reading, measured on the evaluation requests:
-    ``{"before", "after", "held_out": {read: rates}, "refusal_kept"}`` plus the standard errors and sizes
-    :func:`summary_metrics` reports."""
+                 chosen: pd.Series, per_read: Mapping[str, pd.Series], positions: str = "all",
+                 released: pd.Series | None = None, enforce_positions: str = "all") -> dict:
+    """The chosen setting, the best setting of each reading and (``released``) the released defence's best
+    setting, measured on the evaluation requests: ``{"before", "after", "held_out": {read: rates},
+    "released": rates, "refusal_kept"}`` plus the standard errors and sizes :func:`summary_metrics` reports."""
     build = lambda row: defence_hooks(model, hook_name, sae, features, row.method, row.strength, positions,
-                                      row.read or "encoder")
+                                      row.read or "encoder", enforce_positions)
     harm, ben = sets["harmful_jailbreak"], sets["benign"]
     before = request_rates(model, harm, ben)
     after = request_rates(model, harm, ben, build(chosen))
-    return {"before": before, "after": after, "chosen": chosen, "n_features": len(features),
+    extra = {} if released is None else {"released": request_rates(model, harm, ben, build(released)),
+                                         "released_choice": released}
+    return {"before": before, "after": after, "chosen": chosen, "n_features": len(features), **extra,
             "held_out": {r: request_rates(model, harm, ben, build(row)) for r, row in per_read.items()},
             "refusal_kept": request_rates(model, sets["harmful_direct"], [], build(chosen))["asr"],
             "n_harmful": len(harm), "n_benign": len(ben)}
@@ -509,6 +542,11 @@ def summary_metrics(table: pd.DataFrame, sweep: pd.DataFrame, labels: spare.Conf
               "asr_after_se": rate_se(after["asr"], n=defence["n_harmful"]),
               "defence_benign_drop_se": rate_se(before["benign_acc"], after["benign_acc"], n=defence["n_benign"]),
               "direct_refusal_rate_after": 1 - defence["refusal_kept"]}
+        if "released" in defence:  # the released code's defence, chosen on the selection requests by the same rule
+            rel = defence["released"]
+            m |= {"asr_after_released": rel["asr"], "defence_benign_drop_released": before["benign_acc"] - rel["benign_acc"],
+                  "defence_released_magnitude": float(defence["released_choice"].strength),
+                  "asr_after_released_se": rate_se(rel["asr"], n=defence["n_harmful"])}
     return m
 
 

@@ -16,6 +16,21 @@ The MI method
   Words are ranked by the score in log space (``log p(w|c) + log PMI`` for positive PMI), so the order is
   exact even where ``p(w|c)`` underflows in float32.
 
+Ranking as the released code does (``ExplainConfig(rank="released")``)
+-----------------------------------------------------------------------
+The authors' ``MI_explainer.py`` (JacksonWuxs/SteeringLLMs_with_MIExplanations, ``MIExplainer.explain``) sorts
+each feature's words by the literal product ``p(w|c) * log p(c|w)`` in float32, with Python's
+``sorted(zip(scores, words, ...), reverse=True)``: highest product first, ties broken by the word itself in
+descending string order. That product is never positive, so its maximum is at words with ``p(w|c)`` near 0
+(exactly 0 where the softmax underflows, and then the ties go reverse-alphabetically): the top words are those
+the feature points to *least*. ``rank="released"`` reproduces that order and returns the literal product as the
+score. Everything else is the same in both rankings: their feature directions are ``W_enc.T`` of a tied SAE
+(``W_dec = W_enc.T``), i.e. the decoder rows, through the model's final norm, and their ``e_w`` are the mean
+output-embedding rows of the word's tokens. One difference is left: the released code rounds the normed
+directions to bfloat16; here they stay float32. steerlab's default ``rank="steerlab"`` adds ``log K`` (the
+uniform prior ``p(c)``), which turns the product into feature ``c``'s share of ``I(W; C)`` and ranks the words
+the feature points to most; notebook 02 scores both.
+
 ``log p(c|w)`` needs, for every word, a log-sum-exp over all features, so :func:`mi_explain` makes two
 passes over feature chunks of ``chunk_size`` rows: pass 1 accumulates the per-word normaliser, pass 2 scores
 the chunk and keeps its top ``top_n``. Peak memory is a few ``chunk_size x n_words`` float32 blocks,
@@ -44,6 +59,7 @@ from tqdm.auto import tqdm
 log = logging.getLogger(__name__)
 
 EMBEDDINGS = ("unembed", "embed")
+RANKS = ("steerlab", "released")  # word rankings: p(w|c)(log p(c|w) + log K), or the released literal product
 
 
 @dataclass
@@ -55,6 +71,8 @@ class ExplainConfig:
     top_n: int = 10  # explanation words per feature
     embedding: str = "unembed"  # e_w from the unembedding ("unembed") or the input embedding ("embed")
     chunk_size: int = 2048  # features per chunk; memory grows as chunk_size x n_words
+    rank: str = "steerlab"  # word ranking (RANKS): "steerlab" = p(w|c)(log p(c|w) + log K); "released" = the
+    #                         released MI_explainer.py's literal p(w|c) log p(c|w), ties by word (module docstring)
 
     def __post_init__(self) -> None:
         if not (self.alpha > 0 and self.beta > 0):
@@ -63,6 +81,8 @@ class ExplainConfig:
             raise ValueError(f"top_n and chunk_size must be >= 1 (got {self.top_n}, {self.chunk_size})")
         if self.embedding not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {EMBEDDINGS} (got {self.embedding!r})")
+        if self.rank not in RANKS:
+            raise ValueError(f"rank must be one of {RANKS} (got {self.rank!r})")
 
 
 @dataclass
@@ -70,7 +90,7 @@ class Explanations:
     """Top words per feature from one method.
 
     Attributes:
-        method: ``"mi"``, ``"logit_lens"`` or ``"max_act"``.
+        method: ``"mi"``, ``"mi_released"`` (``rank="released"``), ``"logit_lens"`` or ``"max_act"``.
         words: the candidate words; ``indices`` point into it.
         indices: ``[d_sae, top_n]`` word indices per feature, best first (``-1`` = no word, e.g. a feature
             that never fired for ``max_act``).
@@ -167,6 +187,27 @@ def _rank_key(a: Tensor, lse_c: Tensor, cfg: ExplainConfig, log_k: float) -> tup
     return score, key
 
 
+def _released_order(words: Sequence[str]) -> Tensor:
+    """Word indices in descending string order (``sorted(..., reverse=True)``'s tie-break on the word)."""
+    return torch.tensor(sorted(range(len(words)), key=lambda i: words[i], reverse=True), dtype=torch.long)
+
+
+def _top_words(a: Tensor, lse_c: Tensor, cfg: ExplainConfig, log_k: float, top_n: int, by_word: Tensor
+               ) -> tuple[Tensor, Tensor]:
+    """``(indices, scores)`` ``[rows, top_n]`` of each row of ``a(c, w)`` ``[rows, n_words]`` (consumed), best first,
+    by ``cfg.rank``. ``released``: ``score = softmax_w(a / alpha) * (a / beta - lse_c)`` in float32, as the released
+    code computes it, sorted descending with ties in descending word order (``by_word``: :func:`_released_order`);
+    ``+ 0.0`` makes an underflowed ``-0.0`` equal to ``0.0``, as Python's comparison treats them."""
+    if cfg.rank == "released":
+        score = torch.softmax(a / cfg.alpha, dim=-1) * (a / cfg.beta - lse_c) + 0.0
+        top = torch.sort(score[:, by_word], dim=1, descending=True, stable=True).indices[:, :top_n]
+        top = by_word[top]
+        return top, score.gather(1, top)
+    score, key = _rank_key(a, lse_c, cfg, log_k)
+    top = key.topk(top_n, dim=1).indices
+    return top, score.gather(1, top)
+
+
 @torch.no_grad()
 def mi_explain(S: Float[Tensor, "d_sae d_model"], E: Float[Tensor, "n_words d_model"], words: Sequence[str],
                cfg: ExplainConfig = ExplainConfig(), progress: bool = False) -> Explanations:
@@ -183,11 +224,15 @@ def mi_explain(S: Float[Tensor, "d_sae d_model"], E: Float[Tensor, "n_words d_mo
     for s in tqdm(chunks, desc="MI pass 1/2", disable=not progress):
         lse_c = torch.logaddexp(lse_c, torch.logsumexp(S[s: s + cfg.chunk_size] @ E.T / cfg.beta, dim=0))
     idx, val = torch.empty(K, top_n, dtype=torch.long), torch.empty(K, top_n)
+    by_word = _released_order(words)
     for s in tqdm(chunks, desc="MI pass 2/2", disable=not progress):
-        score, key = _rank_key(S[s: s + cfg.chunk_size] @ E.T, lse_c, cfg, math.log(K))  # [chunk, n_words]
-        top = key.topk(top_n, dim=1).indices
-        idx[s: s + len(top)], val[s: s + len(top)] = top, score.gather(1, top)
-    return Explanations("mi", list(words), idx, val)
+        top, score = _top_words(S[s: s + cfg.chunk_size] @ E.T, lse_c, cfg, math.log(K), top_n, by_word)
+        idx[s: s + len(top)], val[s: s + len(top)] = top, score
+    return Explanations(_method_name(cfg), list(words), idx, val)
+
+
+def _method_name(cfg: ExplainConfig) -> str:
+    return "mi" if cfg.rank == "steerlab" else "mi_released"
 
 
 @torch.no_grad()
@@ -205,30 +250,34 @@ def mi_explain_naive(S: Float[Tensor, "d_sae d_model"], E: Float[Tensor, "n_word
         lse_c = torch.logaddexp(lse_c, E @ S[c] / cfg.beta)
     feats = list(range(K)) if features is None else list(features)
     idx, val = torch.empty(len(feats), top_n, dtype=torch.long), torch.empty(len(feats), top_n)
+    by_word = _released_order(words)
     for r, c in enumerate(feats):
-        score, key = _rank_key(E @ S[c], lse_c, cfg, math.log(K))
-        top = key.topk(top_n).indices
-        idx[r], val[r] = top, score[top]
-    return Explanations("mi", list(words), idx, val)
+        top, score = _top_words((E @ S[c])[None], lse_c, cfg, math.log(K), top_n, by_word)
+        idx[r], val[r] = top[0], score[0]
+    return Explanations(_method_name(cfg), list(words), idx, val)
 
 
 def explain(model, sae, words: Sequence[str] | None = None, cfg: ExplainConfig = ExplainConfig(),
             progress: bool = True) -> Explanations:
-    """MI explanations of every feature of ``sae`` over ``words`` (default: the tinyworld lexicon of
-    ``model.world`` when present, else ``data/vocab/english_5000.txt``)."""
-    words = list(words) if words is not None else default_words(model)
+    """MI explanations of every feature of ``sae`` over ``words`` (default: the shipped English list
+    ``data/vocab/english_5000.txt``; pass a suite's words, ``steerlab.evals.explanations.vocabulary(suite)``,
+    for tinyworld). A default list that the model's tokenizer mostly cannot spell (under half of it kept) is
+    an error rather than explanations over the few words left."""
+    given = words is not None
+    words = list(words) if given else default_words(model)
     kept, E = word_embeddings(model, words, cfg.embedding)
+    if not given and len(kept) < 0.5 * len(words):
+        raise ValueError(f"the default explanation vocabulary (data/vocab/english_5000.txt) has only {len(kept)} "
+                         f"of {len(words)} words this model's tokenizer can spell: pass words=, e.g. "
+                         "steerlab.evals.explanations.vocabulary(suite) (tinyworld's lexicon)")
     S = feature_directions(model, sae.W_dec.detach())
     return mi_explain(S, E, kept, cfg, progress)
 
 
-def default_words(model) -> list[str]:
-    """The fixed explanation vocabulary: the world's lexicon for a tinyworld model that carries its world (older
-    loaders), the shipped English list (``data/vocab/english_5000.txt``) else. Notebooks pass the suite's words
-    (``steerlab.evals.explanations.vocabulary``)."""
-    world = getattr(model, "world", None)
-    if world is not None:
-        return world.lexicon()
+def default_words(model=None) -> list[str]:
+    """The fixed explanation vocabulary of a real model: the shipped 5,000 frequent English words
+    (``data/vocab/english_5000.txt``, the paper's setting). A task suite may have its own
+    (``steerlab.evals.explanations.vocabulary``); ``model`` is accepted for symmetry and not read."""
     from steerlab.models.paths import DATA_DIR
 
     return (DATA_DIR / "vocab" / "english_5000.txt").read_text().split()

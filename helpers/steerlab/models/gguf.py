@@ -164,7 +164,7 @@ def load_gguf(path: str | Path, device: str = "cpu", dtype: str = "float32", tl_
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no GGUF file at {path}")
+        raise FileNotFoundError(f"no GGUF file at {path}: the path does not exist or is not a file")
     tl = _tl_name_for(path, tl_name)
     hf, tok = load_hf(float_folder(path, cache), dtype)
     import torch

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 from steerlab.models.gguf import DTYPES, load_hf, offline
@@ -26,6 +27,10 @@ def load_hub(name: str, device: str = "cpu", dtype: str = "float32", allow_downl
     try:
         get_official_model_name(name)
     except ValueError as err:
+        if "/" in name or "\\" in name or name.endswith(".gguf"):  # meant as a path: say that it does not exist
+            raise FileNotFoundError(f"no model at {name!r}: that path does not exist (from {Path.cwd()}), and it is "
+                                    "not a model TransformerLens knows either (transformer_lens.loading."
+                                    "OFFICIAL_MODEL_NAMES); check the path") from err
         raise ValueError(f"{name!r} is neither a steerlab model ('tinyworld', 'gemma-3-270m'), a path to a model "
                          "folder or .gguf file, nor a model TransformerLens knows (see "
                          "transformer_lens.loading.OFFICIAL_MODEL_NAMES)") from err
@@ -36,6 +41,8 @@ def load_hub(name: str, device: str = "cpu", dtype: str = "float32", allow_downl
     except (OSError, ConnectionError, RuntimeError, ValueError) as err:
         how = ("the hub could not be reached" if allow_download else
                "steerlab loads hub models from the local Hugging Face cache only, and it does not hold them")
+        if allow_download and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+            how = "HF_HUB_OFFLINE is set, so the hub is not asked, and the local cache does not hold them"
         raise ConnectionError(
             f"could not load {name!r}: {how} ({type(err).__name__}: {str(err)[:200]}). Use the offline default "
             "load_model('tinyworld') or load_model('gemma-3-270m'), set HF_HOME to a cache that holds "

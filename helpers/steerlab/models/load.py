@@ -59,8 +59,7 @@ def _load(name: str, device: str, dtype: str, **kwargs) -> HookedTransformer:
 
     p = Path(str(name))
     if name == OFFLINE_DEFAULT or (p.is_dir() and (p / "model_cfg.json").is_file()):
-        model, world = load_tinyworld(TINYWORLD_DIR if name == OFFLINE_DEFAULT else p)
-        model.world = world
+        model, _ = load_tinyworld(TINYWORLD_DIR if name == OFFLINE_DEFAULT else p)  # its world: tasks.load_suite
         return model.to(device)
     if name in gguf.REGISTRY:
         return gguf.load_registry_model(name, device=device, dtype=dtype)
@@ -69,6 +68,6 @@ def _load(name: str, device: str, dtype: str, **kwargs) -> HookedTransformer:
     if p.is_dir():
         return hub.load_folder(p, device=device, dtype=dtype, **kwargs)
     if "/" in str(name) and str(name).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"no model at {name}: not a tinyworld checkpoint folder, a model folder or a "
-                                ".gguf file")
+        raise FileNotFoundError(f"no model at {name}: the path does not exist (a model is a tinyworld checkpoint "
+                                "folder, a model folder or a .gguf file)")
     return hub.load_hub(str(name), device=device, dtype=dtype, **kwargs)

@@ -101,10 +101,10 @@ def _rmtree(p: Path) -> None:
 
 
 def load_tinyworld(path: str | Path = TINYWORLD_DIR) -> tuple[HookedTransformer, World]:
-    """Load a tinyworld checkpoint folder. Every error names the file that is wrong.
+    """Load a tinyworld checkpoint folder: ``(model, world)``. Every error names the file that is wrong.
 
-    The world is also attached as ``model.world`` (as :func:`load_model` does), so that functions that take
-    only the model (``steerlab.explain.explain`` and its word list, for one) see it."""
+    The model carries no world: code that needs ground truth takes the task suite
+    (``steerlab.tasks.load_suite``), which reads the same ``world.json``."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no tinyworld checkpoint folder at {path}; train one with notebook 00 "
@@ -133,5 +133,4 @@ def load_tinyworld(path: str | Path = TINYWORLD_DIR) -> tuple[HookedTransformer,
         raise ValueError(f"{weights} does not match {cfg_file}: mismatched or missing tensors {bad[:5]}")
     model.load_state_dict(state)
     model.eval()
-    model.world = world
     return model, world

@@ -142,7 +142,6 @@ def train_tinyworld(world_cfg: WorldConfig, model_cfg: ModelConfig, train_cfg: T
             "torch_version": torch.__version__}
     save_checkpoint(out_dir, model, world, meta)
     _rm(out_dir.with_name(out_dir.name + ".tok"))
-    model.world = world
     return model, world, result
 
 

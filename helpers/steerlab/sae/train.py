@@ -36,6 +36,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from steerlab.core.activations import model_fingerprint
+from steerlab.core.runs import atomic_folder
 from steerlab.sae.io import SAE_DIR, hook_name_for, load_sae
 
 log = logging.getLogger(__name__)
@@ -252,8 +253,10 @@ def train_saes(model, rows: Int[Tensor, "batch pos"], cfg: SAETrainConfig, out_d
     The activations of every layer are harvested in one pass (:func:`harvest`: no position 0, ``<bos>`` or
     ``<pad>``), then each SAE is trained by SAELens's ``SAETrainer`` on ``cfg.training_tokens`` of them.
     Writes ``out_dir/blocks.{L}.hook_resid_post/`` (SAELens format, RAW-activation weights) and
-    ``out_dir/training.json`` (the recipe and curves). Nothing is written outside ``out_dir`` and nothing
-    reaches the network. With ``cfg.kl_finetune_steps > 0`` each SAE's decoder is then fine-tuned on the
+    ``out_dir/training.json`` (the recipe and curves), atomically: into a staging copy ``out_dir.tmp`` that
+    replaces ``out_dir`` only when every SAE is saved (a failed or interrupted retrain leaves the previous SAEs and
+    recipe loadable and byte-identical). SAEs of layers not in ``cfg.layers`` are kept. Nothing else is written
+    and nothing reaches the network. With ``cfg.kl_finetune_steps > 0`` each SAE's decoder is then fine-tuned on the
     downstream KL over the same rows (:mod:`steerlab.sae.finetune`; its curve is
     ``curves[layer]["kl_finetune"]``).
     """
@@ -269,31 +272,39 @@ def train_saes(model, rows: Int[Tensor, "batch pos"], cfg: SAETrainConfig, out_d
     harvest_s = time.perf_counter() - start
     n_acts = int(next(iter(acts.values())).shape[0])
     log.info("harvested %d activations per layer at %s in %.1f s", n_acts, list(cfg.layers), harvest_s)
+    model_fp = model_fingerprint(model)  # once: hashing Gemma's 670 MB unembedding takes seconds
     result = TrainedSAEs({}, {}, {}, {})
-    for layer in cfg.layers:
-        path = out_dir / hook_name_for(layer)
-        start = time.perf_counter()
-        result.curves[layer] = _train_one(model, acts.pop(layer), layer, cfg, path)
-        if cfg.kl_finetune_steps:
-            from steerlab.sae.finetune import finetune_folder
+    # everything is written into a staging copy of out_dir that replaces it only once every SAE and the recipe are
+    # saved and load back: an interrupted or failing retrain leaves the previous SAEs and training.json as they were
+    with atomic_folder(out_dir) as stage:
+        (stage / "training.json").unlink(missing_ok=True)  # the old recipe does not describe the new SAEs
+        for layer in cfg.layers:
+            path = stage / hook_name_for(layer)
+            start = time.perf_counter()
+            result.curves[layer] = _train_one(model, acts.pop(layer), layer, cfg, path, model_fp)
+            if cfg.kl_finetune_steps:
+                from steerlab.sae.finetune import finetune_folder
 
-            _, result.curves[layer]["kl_finetune"] = finetune_folder(model, path, rows, steps=cfg.kl_finetune_steps,
-                                                                     lr=cfg.kl_finetune_lr)
-        result.seconds[layer] = time.perf_counter() - start
-        result.paths[layer] = path
-        result.saes[layer] = load_sae(path)
-        fvu = result.curves[layer]["fvu"]
-        log.info("trained SAE on %s in %.1f s (final FVU %.3f)", hook_name_for(layer), result.seconds[layer],
-                 fvu[-1] if fvu else float("nan"))
-    (out_dir / "training.json").write_text(json.dumps(
-        {"config": asdict(cfg), "model_name": model.cfg.model_name, "model_fingerprint": model_fingerprint(model),
-         "seconds": result.seconds, "harvest_seconds": harvest_s, "curves": result.curves,
-         "n_rows": int(rows.shape[0]), "n_activations": n_acts}, indent=1))
+                _, result.curves[layer]["kl_finetune"] = finetune_folder(model, path, rows, lr=cfg.kl_finetune_lr,
+                                                                         steps=cfg.kl_finetune_steps)
+            result.seconds[layer] = time.perf_counter() - start
+            fvu = result.curves[layer]["fvu"]
+            log.info("trained SAE on %s in %.1f s (final FVU %.3f)", hook_name_for(layer), result.seconds[layer],
+                     fvu[-1] if fvu else float("nan"))
+        (stage / "training.json").write_text(json.dumps(
+            {"config": asdict(cfg), "model_name": model.cfg.model_name, "model_fingerprint": model_fp,
+             "seconds": result.seconds, "harvest_seconds": harvest_s, "curves": result.curves,
+             "n_rows": int(rows.shape[0]), "n_activations": n_acts}, indent=1))
+        for layer in cfg.layers:
+            result.saes[layer] = load_sae(stage / hook_name_for(layer))  # checked against the new recipe
+    result.paths.update({layer: out_dir / hook_name_for(layer) for layer in cfg.layers})
     return result
 
 
-def _train_one(model, acts: Float[Tensor, "n d_model"], layer: int, cfg: SAETrainConfig, path: Path) -> dict:
-    """Train, fold and save one SAE on ``acts`` (raw activations of ``layer``); returns its curve."""
+def _train_one(model, acts: Float[Tensor, "n d_model"], layer: int, cfg: SAETrainConfig, path: Path,
+               model_fp: str) -> dict:
+    """Train, fold and save one SAE on ``acts`` (raw activations of ``layer``; ``model_fp`` is
+    ``model_fingerprint(model)``); returns its curve."""
     from sae_lens import LoggingConfig, TrainingSAE
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -302,7 +313,7 @@ def _train_one(model, acts: Float[Tensor, "n d_model"], layer: int, cfg: SAETrai
     sae = TrainingSAE.from_dict(_sae_cfg(cfg, model.cfg.d_model).to_dict())
     meta = sae.cfg.metadata
     meta.hook_name, meta.model_name = hook_name_for(layer), model.cfg.model_name
-    meta.model_fingerprint = model_fingerprint(model)
+    meta.model_fingerprint = model_fp
     trainer = SAETrainer(cfg=SAETrainerConfig(
         total_training_samples=cfg.training_tokens, train_batch_size_samples=cfg.batch_tokens, lr=cfg.lr,
         lr_end=cfg.lr / 10, lr_warm_up_steps=cfg.lr_warm_up_steps, device="cpu", n_checkpoints=0,
@@ -324,20 +335,20 @@ def _train_one(model, acts: Float[Tensor, "n d_model"], layer: int, cfg: SAETrai
         recorder.remove()
     path.mkdir(parents=True, exist_ok=True)
     sae.save_inference_model(str(path))
-    _patch_metadata(path, model)
+    _patch_metadata(path, model, model_fp)
     curve = recorder.curve
     curve["scaling_factor"] = scale
     return curve
 
 
-def _patch_metadata(path: Path, model) -> None:
+def _patch_metadata(path: Path, model, model_fp: str) -> None:
     """Make sure cfg.json names the hook, the model and its fingerprint (hand-built SAEs lack them)."""
     cfg_file = path / "cfg.json"
     spec = json.loads(cfg_file.read_text())
     meta = spec.setdefault("metadata", {})
     meta.setdefault("hook_name", None)
     meta["model_name"] = model.cfg.model_name
-    meta["model_fingerprint"] = model_fingerprint(model)
+    meta["model_fingerprint"] = model_fp
     cfg_file.write_text(json.dumps(spec, indent=1))
 
 

@@ -25,6 +25,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from steerlab.core import run
+from steerlab.core.hooks import check_hooks, check_strength
 
 
 def last_logits(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch d_vocab"]:
@@ -102,6 +103,7 @@ def greedy(model, examples: Sequence, fwd_hooks=(), free_prompt: Callable | None
     to every forward pass of the prompt branch. Decoding of a batch stops early once every row has ended (EOS,
     or a line break after some text: ``steerlab.core.text.answer_span`` reads no further). Rotary models batch
     prompts of any length, left-padded (:func:`pads_batches`); others batch prompts of one token length."""
+    fwd_hooks, a = check_hooks(model, fwd_hooks), check_strength(a, "a")
     eos = model.tokenizer.eos_token_id
     out = [""] * len(examples)
     cad = free_prompt is not None and a != 0.0

@@ -22,6 +22,11 @@ With these conventions, for the feature set ``S`` (``W = W_dec[S]`` of shape ``[
 * calibration   ``X' = X - z_S(X) W + beta mean_rows(W)``    (``X - ReLU(X S) S^T + beta s_bar``);
 * clamp         ``X' = X + (value - z_S(X)) W``              (exact where the feature is active);
 * add           ``X' = X + strength sum_rows(W)``            (a fixed amount of each feature, no reading).
+
+Strengths (``alpha``, ``beta``, ``value``, ``strength``) must be finite; negative ones are legal and act by the
+same formulas: ``alpha < 0`` shrinks the features read (``alpha = -1`` removes them), ``beta < 0`` and
+``strength < 0`` subtract the decoder rows, ``value < 0`` clamps below zero (a code the SAE itself never
+produces). Feature ids must be integers in ``[0, d_sae)`` (:func:`steerlab.core.hooks.check_features`).
 """
 
 from __future__ import annotations
@@ -31,16 +36,16 @@ from typing import Callable, Sequence
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlab.core.hooks import Hook, edit_hook
+from steerlab.core.hooks import Hook, check_features, check_strength, edit_hook
 
 READS = ("encoder", "code")  # how z_S(x) is read: encoder before the top-k cut, or the SAE's sparse code
 
 
 def decoder_rows(sae, features: Sequence[int]) -> Float[Tensor, "n_feat d_model"]:
-    """``W_dec[S]`` as float32 (``S`` must not be empty)."""
+    """``W_dec[S]`` as float32 (``S`` must not be empty; ids are integers in ``[0, d_sae)``)."""
     if len(features) == 0:
         raise ValueError("the feature set S is empty: pick at least one feature")
-    return sae.W_dec.detach()[list(features)].float()
+    return sae.W_dec.detach()[check_features(features, sae.W_dec.shape[0])].float()
 
 
 def feature_reader(sae, features: Sequence[int], read: str = "encoder"
@@ -52,7 +57,7 @@ def feature_reader(sae, features: Sequence[int], read: str = "encoder"
 
     if read not in READS:
         raise ValueError(f"read must be one of {READS} (got {read!r})")
-    idx = list(features)
+    idx = check_features(features, sae.W_dec.shape[0])
     encode = encode_pre_topk if read == "encoder" else (lambda s, x: s.encode(x))
     return lambda x: encode(sae, x.float())[..., idx]
 
@@ -66,6 +71,7 @@ def read_features(sae, x: Float[Tensor, "... d_model"], features: Sequence[int],
 def amplify(hook_name: str, sae, features: Sequence[int], alpha: float, positions: str = "all",
             read: str = "encoder") -> list[Hook]:
     """Wu et al. amplification ``X' = X + alpha ReLU(X S) S^T`` (read: ``read``, write: decoder rows)."""
+    alpha = check_strength(alpha, "alpha")
     W = decoder_rows(sae, features)
     z = feature_reader(sae, features, read)
     return edit_hook(hook_name, lambda x: x + alpha * z(x) @ W.to(x.device), positions)
@@ -75,6 +81,7 @@ def calibrate(hook_name: str, sae, features: Sequence[int], beta: float, positio
               read: str = "encoder") -> list[Hook]:
     """Wu et al. calibration ``X' = X - ReLU(X S) S^T + beta * mean(S)``: remove what the input holds of S
     (read as ``read``), then add a fixed amount ``beta`` of the mean decoder row of S."""
+    beta = check_strength(beta, "beta")
     W = decoder_rows(sae, features)
     z, s_bar = feature_reader(sae, features, read), W.mean(0)
     return edit_hook(hook_name, lambda x: x - z(x) @ W.to(x.device) + beta * s_bar.to(x.device), positions)
@@ -83,6 +90,7 @@ def calibrate(hook_name: str, sae, features: Sequence[int], beta: float, positio
 def clamp(hook_name: str, sae, features: Sequence[int], value: float, positions: str = "all",
           read: str = "encoder") -> list[Hook]:
     """Clamp features to ``value``: ``x' = x + (value - z_S(x)) W_dec[S]`` (exact where the feature is active)."""
+    value = check_strength(value, "value")
     W = decoder_rows(sae, features)
     z = feature_reader(sae, features, read)
     return edit_hook(hook_name, lambda x: x + (value - z(x)) @ W.to(x.device), positions)
@@ -90,5 +98,6 @@ def clamp(hook_name: str, sae, features: Sequence[int], value: float, positions:
 
 def add(hook_name: str, sae, features: Sequence[int], strength: float, positions: str = "all") -> list[Hook]:
     """Add a fixed ``strength`` of every feature of S: ``x' = x + strength * sum_c W_dec[c]`` (no reading)."""
+    strength = check_strength(strength, "strength")
     v = decoder_rows(sae, features).sum(0)
     return edit_hook(hook_name, lambda x: x + strength * v.to(x.device), positions)

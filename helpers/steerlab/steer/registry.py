@@ -23,6 +23,7 @@ name           kind        what ``strength`` s does
 ``calibrate``  features    ``X' = X - z_S(X) W_dec[S] + s mean(W_dec[S])``      (Wu et al. calibration)
 ``clamp``      features    ``X' = X + (s - z_S(X)) W_dec[S]``
 ``add``        features    ``X' = X + s sum(W_dec[S])``
+``enforce``    features    the released code's defence with magnitude ``m = s`` (:mod:`steerlab.steer.released`)
 ``actadd``     vector      ``X' = X + s v`` (v: one prompt pair's difference)
 ``meandiff``   vector      ``X' = X + s v`` (v: mean difference of two groups)
 ``learned``    vector      ``X' = X + |s| v_sign(s)`` (one fitted vector per direction)
@@ -33,6 +34,10 @@ name           kind        what ``strength`` s does
 
 ``z_S`` and ``W_dec`` are as in :mod:`steerlab.steer.features`. :func:`names` lists the methods (of a
 ``kind``); :func:`register` adds one.
+
+Checks: :func:`build` with a ``model`` refuses a config whose hook the model lacks (naming the closest hooks it
+has); ``hooks`` and ``answer`` refuse a NaN or infinite ``strength``; feature ids must be integers in
+``[0, d_sae)`` of the hook's SAE (:mod:`steerlab.core.hooks`, checks).
 """
 
 from __future__ import annotations
@@ -42,8 +47,8 @@ from typing import Callable, ClassVar, Mapping, Sequence
 
 from torch import Tensor
 
-from steerlab.core.hooks import Hook, add_vector, check_positions
-from steerlab.steer import decoding, features as feat, spare as spare_mod
+from steerlab.core.hooks import Hook, add_vector, check_hook_names, check_positions, check_strength
+from steerlab.steer import decoding, features as feat, released, spare as spare_mod
 
 KINDS = ("hooks", "features", "vector", "spare", "decoding")
 
@@ -69,6 +74,20 @@ class FeatureConfig:
         check_positions(self.positions)
         if self.read not in feat.READS:
             raise ValueError(f"read must be one of {feat.READS} (got {self.read!r})")
+
+
+@dataclass
+class EnforceConfig:
+    """The released code's defence (``steerlab.steer.released``) at one hook through that hook's SAE."""
+
+    hook_name: str  # TransformerLens hook the SAE reads and the edit writes
+    features: Sequence[int]  # S: SAE feature ids (non-empty)
+    positions: str = "all"  # steerlab.core.hooks.POSITIONS (the released code: every position)
+
+    def __post_init__(self) -> None:
+        if len(self.features) == 0:
+            raise ValueError("the feature set S is empty: pick at least one feature")
+        check_positions(self.positions)
 
 
 @dataclass
@@ -127,6 +146,9 @@ class SteeringMethod:
 
     def __init__(self, model, saes: Mapping[str, object] | None, cfg) -> None:
         self.model, self.saes, self.cfg = model, dict(saes or {}), cfg
+        if model is not None:  # a hook the model lacks fails here, not at the first forward pass
+            names = [cfg.hook_name] if hasattr(cfg, "hook_name") else []
+            check_hook_names(model, names + [f.hook_name for f in getattr(cfg, "fits", ())])
 
     def hooks(self, strength: float) -> list[Hook]:
         return []
@@ -149,7 +171,7 @@ class _FeatureMethod(SteeringMethod):
     edit: ClassVar[Callable]
 
     def hooks(self, strength: float) -> list[Hook]:
-        c = self.cfg
+        c, strength = self.cfg, check_strength(strength)
         return type(self).edit(c.hook_name, self._sae(c.hook_name), c.features, strength, c.positions, read=c.read)
 
 
@@ -167,15 +189,23 @@ class Clamp(_FeatureMethod):
 
 class Add(_FeatureMethod):
     def hooks(self, strength: float) -> list[Hook]:
-        c = self.cfg
+        c, strength = self.cfg, check_strength(strength)
         return feat.add(c.hook_name, self._sae(c.hook_name), c.features, strength, c.positions)
+
+
+class Enforce(SteeringMethod):
+    kind = "features"
+
+    def hooks(self, strength: float) -> list[Hook]:
+        c, strength = self.cfg, check_strength(strength)
+        return released.enforce(c.hook_name, self._sae(c.hook_name), c.features, strength, c.positions)
 
 
 class VectorMethod(SteeringMethod):
     kind = "vector"
 
     def hooks(self, strength: float) -> list[Hook]:
-        c = self.cfg
+        c, strength = self.cfg, check_strength(strength)
         if strength < 0 and c.negative is not None:
             return add_vector(c.hook_name, c.negative, -strength, c.positions)
         return add_vector(c.hook_name, c.vector, strength, c.positions)
@@ -185,6 +215,7 @@ class Spare(SteeringMethod):
     kind = "spare"
 
     def hooks(self, strength: float) -> list[Hook]:
+        strength = check_strength(strength)
         saes = {f.hook_name: self._sae(f.hook_name) for f in self.cfg.fits}
         toward = "context" if strength >= 0 else "memory"
         return spare_mod.spare_hooks(self.cfg.fits, saes, abs(strength), toward, self.cfg.positions)
@@ -194,14 +225,14 @@ class CAD(SteeringMethod):
     kind = "decoding"
 
     def answer(self, examples: Sequence, strength: float) -> list[str]:
-        return decoding.cad(self.model, examples, self.cfg.free_prompt, strength)
+        return decoding.cad(self.model, examples, self.cfg.free_prompt, check_strength(strength))
 
 
 class ICL(SteeringMethod):
     kind = "decoding"
 
     def answer(self, examples: Sequence, strength: float) -> list[str]:
-        key = "context_value" if strength >= 0 else "memory_value"
+        key = "context_value" if check_strength(strength) >= 0 else "memory_value"
         demos = [(d.prompt, d.meta[key]) for d in list(self.cfg.demos)[: self.cfg.n_demos]]
         return decoding.icl(self.model, examples, demos, self.cfg.separator)
 
@@ -229,7 +260,8 @@ def register(name: str, method: type[SteeringMethod], config: type) -> None:
 
 for _name, _method, _config in (("none", NoSteering, NoConfig), ("amplify", Amplify, FeatureConfig),
                                 ("calibrate", Calibrate, FeatureConfig), ("clamp", Clamp, FeatureConfig),
-                                ("add", Add, FeatureConfig), ("actadd", VectorMethod, VectorConfig),
+                                ("add", Add, FeatureConfig), ("enforce", Enforce, EnforceConfig),
+                                ("actadd", VectorMethod, VectorConfig),
                                 ("meandiff", VectorMethod, VectorConfig), ("learned", VectorMethod, VectorConfig),
                                 ("spare", Spare, SpareConfig), ("cad", CAD, CADConfig), ("icl", ICL, ICLConfig)):
     register(_name, _method, _config)

@@ -4,15 +4,22 @@ As the authors' code does it (see METHODS.md):
 
 1. :func:`label_conflicts` runs the model greedily on knowledge-conflict prompts and labels each by its own
    answer: the context value (``sub``) -> ``y = 1`` (uses context), the memory value (``org``) -> ``y = 0``,
-   anything else is dropped. It also stores ``ss_loss`` = -log p(sub | prompt) and ``so_loss`` =
-   -log p(org | prompt), each summed over the value's tokens (multi-token on a subword tokenizer). The authors
-   take the mean LM loss of the whole sequence; the answer's own NLL keeps the weight about the answer.
+   anything else is dropped. It also stores ``ss_loss`` and ``so_loss``: as the authors' ``group_prompts.py``
+   computes them (``model(input_ids, labels=input_ids).loss``), the model's mean NLL over the WHOLE sequence
+   ``prompt + " " + sub`` (resp. ``org``): demonstrations, context, question and answer, every token after
+   ``<bos>`` (:func:`steerlab.core.run.sequence_nll`). The authors' sequence also ends with the blank line that
+   separates examples; steerlab's suites have no common separator, so the sequence ends with the answer. The two
+   sequences share every token but the answer's, so the weights below come out nearly uniform.
+   ``loss="answer"`` is the named alternative: ``-log p(value | prompt)`` summed over the value's tokens
+   (:func:`steerlab.steer.vectors.answer_nll`), which keeps the weights about the answer.
 2. :func:`hidden_states` takes the residual stream at the last prompt position after each chosen block;
    :func:`fit_spare` encodes it with the layer's SAE before any top-k cut (``steerlab.sae.encode_pre_topk``).
 3. Each feature is min-max scaled over the pooled prompts and ``I(z_j; y)`` is estimated by scikit-learn's
    ``mutual_info_classif`` (k-nearest neighbours). Features sorted by MI; the smallest prefix whose
-   cumulative MI exceeds ``p`` of the total is kept and split by ``E_j = mean(z_j | y=1) - mean(z_j | y=0)``:
-   ``E_j > 0`` -> ``Z_C`` (context features), ``E_j < 0`` -> ``Z_M`` (memory features).
+   cumulative MI exceeds ``p`` of the total fixes a count ``n`` (all features if it is never exceeded); walking
+   the features in MI order, each is put by ``E_j = mean(z_j | y=1) - mean(z_j | y=0)`` into ``Z_C`` (``E_j > 0``,
+   context features) or ``Z_M`` (``E_j < 0``, memory features), a feature with ``E_j = 0`` is skipped, until
+   ``n`` are chosen (the authors' ``select_functional_activations``; :func:`cut_features`).
 4. Targets ``w_C = sum_{y_i=1} pi_i z_i[Z_C]`` with ``pi_i ∝ so_loss_i / (ss_loss_i + so_loss_i)`` and
    ``w_M = sum_{y_i=0} pi_i z_i[Z_M]`` with ``pi_i ∝ ss_loss_i / (ss_loss_i + so_loss_i)`` (the prompts
    where the model was most sure weigh most); ``alpha`` scales them at edit time.
@@ -34,7 +41,7 @@ from sklearn.feature_selection import mutual_info_classif
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from steerlab.core import hooks
+from steerlab.core import hooks, run
 from steerlab.core.text import exact_match
 from steerlab.steer import decoding, vectors
 from steerlab.steer.features import feature_reader
@@ -47,8 +54,8 @@ class ConflictLabels:
     Attributes:
         examples: the kept examples, in order.
         y: ``[n]`` 1 = answered with the context value, 0 = with the memory value.
-        ss_loss: ``[n]`` -log p(context value | prompt).
-        so_loss: ``[n]`` -log p(memory value | prompt).
+        ss_loss: ``[n]`` loss of the prompt followed by the context value (``loss`` of :func:`label_conflicts`).
+        so_loss: ``[n]`` loss of the prompt followed by the memory value.
         n_dropped: prompts answered with neither value.
     """
 
@@ -80,11 +87,18 @@ class SpareFit:
     p: float
 
 
-def label_conflicts(model: HookedTransformer, examples: Sequence) -> ConflictLabels:
+LOSSES = ("sequence", "answer")  # ss/so losses: the authors' whole-sequence mean NLL, or the answer's summed NLL
+
+
+def label_conflicts(model: HookedTransformer, examples: Sequence, loss: str = "sequence") -> ConflictLabels:
     """Label conflict examples (``meta`` has ``context_value`` and ``memory_value``, optionally
     ``memory_aliases``) by the model's own greedy answer of ``example.max_new_tokens`` tokens, matched on decoded
     text (``steerlab.core.text.exact_match``): the context value -> ``y = 1``, the memory value -> ``y = 0``,
-    else dropped. The losses are the NLL of each value's tokens after the prompt (all of them, teacher-forced)."""
+    else dropped. ``loss="sequence"`` (the authors'): ss/so are the mean NLL of every token of
+    ``prompt + " " + value`` after ``<bos>``; ``loss="answer"``: the NLL of the value's tokens after the prompt,
+    summed (teacher-forced)."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES} (got {loss!r})")
     answers = decoding.greedy(model, examples)
     kept, y = [], []
     for e, a in zip(examples, answers):
@@ -95,9 +109,17 @@ def label_conflicts(model: HookedTransformer, examples: Sequence) -> ConflictLab
         kept.append(e)
         y.append(int(ctx))
     prompts = [e.prompt for e in kept]
-    ss = vectors.answer_nll(model, prompts, [e.meta["context_value"] for e in kept]).numpy() if kept else np.zeros(0)
-    so = vectors.answer_nll(model, prompts, [e.meta["memory_value"] for e in kept]).numpy() if kept else np.zeros(0)
-    return ConflictLabels(kept, np.array(y, dtype=int), ss, so, len(examples) - len(kept))
+
+    def nll(key: str) -> np.ndarray:
+        if not kept:
+            return np.zeros(0)
+        values = [e.meta[key] for e in kept]
+        if loss == "answer":
+            return vectors.answer_nll(model, prompts, values).numpy()
+        return run.sequence_nll(model, [p + " " + v for p, v in zip(prompts, values)]).numpy()
+
+    return ConflictLabels(kept, np.array(y, dtype=int), nll("context_value"), nll("memory_value"),
+                          len(examples) - len(kept))
 
 
 hidden_states = vectors.hidden_states  # the residual at the last prompt position (re-exported for SPARE's fit)
@@ -112,12 +134,29 @@ def select_features(z: np.ndarray, y: np.ndarray, p: float, seed: int = 0) -> tu
     lo, hi = z.min(0), z.max(0)
     scaled = (z - lo) / np.where(hi > lo, hi - lo, 1.0)
     mi = mutual_info_classif(scaled, y, discrete_features=False, random_state=seed)
+    zc, zm = cut_features(mi, z[y == 1].mean(0) - z[y == 0].mean(0), p)
+    return mi, zc, zm
+
+
+def cut_features(mi: np.ndarray, expectation: np.ndarray, p: float) -> tuple[list[int], list[int]]:
+    """``(Z_C, Z_M)`` from each feature's MI and ``E_j`` as the authors' ``select_functional_activations`` does:
+    ``n`` = the smallest count of top-MI features whose cumulative MI exceeds ``p * sum(MI)`` (strictly; all
+    features if it never does); then, in MI order (ties: lower id first), ``E_j > 0`` joins ``Z_C`` and
+    ``E_j < 0`` joins ``Z_M`` (``E_j = 0`` is skipped and does not count) until ``n`` features are chosen."""
     order = np.argsort(-mi, kind="stable")
     cum = np.cumsum(mi[order])
-    n = int(np.searchsorted(cum, p * cum[-1], side="right")) + 1 if cum[-1] > 0 else 0
-    chosen = order[: min(n, len(order))]
-    diff = z[y == 1].mean(0) - z[y == 0].mean(0)
-    return mi, [int(j) for j in chosen if diff[j] > 0], [int(j) for j in chosen if diff[j] < 0]
+    above = np.nonzero(cum > p * cum[-1])[0] if len(cum) else np.zeros(0, dtype=int)
+    n = int(above[0]) + 1 if len(above) else len(order)
+    zc: list[int] = []
+    zm: list[int] = []
+    for j in order:
+        if len(zc) + len(zm) >= n:
+            break
+        if expectation[j] > 0:
+            zc.append(int(j))
+        elif expectation[j] < 0:
+            zm.append(int(j))
+    return zc, zm
 
 
 def fit_spare(labels: ConflictLabels, hidden: Float[Tensor, "batch d_model"], sae, hook_name: str, p: float,
@@ -140,6 +179,7 @@ def spare_hooks(fits: Sequence[SpareFit], saes: Mapping[str, object], alpha: flo
     """The SPARE edit at every fitted layer (``saes`` maps hook name -> SAE); ``toward`` is context|memory."""
     if toward not in ("context", "memory"):
         raise ValueError(f"toward must be 'context' or 'memory' (got {toward!r})")
+    alpha = hooks.check_strength(alpha, "alpha")
     out: list[hooks.Hook] = []
     for fit in fits:
         sae = saes[fit.hook_name]

@@ -36,6 +36,7 @@ def hidden_states(model, prompts: Sequence[str], hook_names: Sequence[str], posi
                   ) -> dict[str, Float[Tensor, "batch d_model"]]:
     """Residual stream at ``position`` (default: the last prompt position) for each hook name, in prompt order.
     Prompts are grouped by token length, so no batch is padded and ``-1`` is every prompt's last token."""
+    hooks.check_hook_names(model, hook_names)
     out = {h: torch.empty(len(prompts), model.cfg.d_model) for h in hook_names}
     stop = max(int(h.split(".")[1]) for h in hook_names) + 1
     for _, idx in run._groups_by_length(model, prompts).items():
@@ -72,6 +73,7 @@ def _answer_logits(model, seq: Tensor, lp: int, la: int) -> Tensor:
 
 def answer_nll(model, prompts: Sequence[str], answers: Sequence[str], fwd_hooks=()) -> Float[Tensor, " batch"]:
     """``-log p(answer | prompt)`` summed over the answer's tokens (teacher-forced), per prompt."""
+    fwd_hooks = hooks.check_hooks(model, fwd_hooks)
     out = torch.empty(len(prompts))
     groups: dict[tuple[int, int], list[int]] = {}
     toks = [answer_tokens(model, p, a) for p, a in zip(prompts, answers)]
@@ -91,6 +93,7 @@ def learned_vector(model, hook_name: str, prompts: Sequence[str], answers: Seque
     """The single vector ``v`` that, added at the last prompt position of ``hook_name``, maximises the mean
     ``log p(answer | prompt)`` (every answer token, teacher-forced) over the pairs. Adam, full batch per
     (prompt length, answer length) group, ``v`` starts at 0. The model's weights are left as they were."""
+    hooks.check_hook_names(model, [hook_name])
     toks = [answer_tokens(model, p, a) for p, a in zip(prompts, answers)]
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (p, a) in enumerate(toks):
@@ -124,5 +127,6 @@ def learned_vector(model, hook_name: str, prompts: Sequence[str], answers: Seque
 
 
 def vector_hooks(hook_name: str, vector: Tensor, coeff: float, positions: str = "last_prompt") -> list[hooks.Hook]:
-    """``x' = x + coeff v`` at ``positions`` of ``hook_name`` (:func:`steerlab.core.hooks.add_vector`)."""
+    """``x' = x + coeff v`` at ``positions`` of ``hook_name`` (:func:`steerlab.core.hooks.add_vector`; ``coeff``
+    must be finite, a negative one steers away from ``v``)."""
     return hooks.add_vector(hook_name, vector, coeff, positions)

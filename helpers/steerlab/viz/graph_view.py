@@ -1,11 +1,11 @@
 """A self-contained, offline HTML view of an attribution graph (inline SVG and a few lines of script, no CDN).
 
 Layout: one row per layer (token embeddings at the bottom, SAE layers upwards, logits on top), one column
-per token position; the nodes of one (layer, position) cell sit side by side. Edge width grows with
-``|weight|`` (blue: positive, red: negative). Hovering a node shows its explanation words, activation and
-influence; clicking a feature node shows its activation over the prompt as a circuitsvis token view
-(``steerlab.viz``: the circuitsvis bundle is inlined once per page, for the ``max_details`` most influential
-features).
+per token position; the nodes of one (layer, position) cell sit side by side, most influential first. Edge width
+grows with ``|weight|`` (blue: positive, red: negative). Hovering a node shows its explanation words, activation,
+influence and cumulative influence share (circuit-tracer's JSON ``influence``); clicking a feature node shows its
+activation over the prompt as a circuitsvis token view (``steerlab.viz``: the circuitsvis bundle is inlined once
+per page, for the ``max_details`` most influential features).
 After loading, the page records how many nodes the browser laid out in ``<body data-nodes-drawn=...>``
 (the headless-Chromium test reads it).
 """
@@ -20,6 +20,15 @@ from typing import NamedTuple, Sequence
 import networkx as nx
 
 COL_W, ROW_H, R, MARGIN = 70, 90, 5, 60
+
+
+def _rank(d: dict) -> float:
+    """Sort key, most influential first: the raw ``influence`` (larger first) or, in a graph read from a JSON that
+    has only circuit-tracer's cumulative share (``cumulative_influence``, smaller first), that share."""
+    if d.get("influence") is not None:
+        return -abs(d["influence"])
+    share = d.get("cumulative_influence")
+    return share if share is not None else 1.0
 _SCRIPT = """
 <script>
 document.querySelectorAll('.node').forEach(function (n) {
@@ -60,7 +69,7 @@ def layout(G: nx.DiGraph, per_line: int = 5) -> Layout:
     as tall as its fullest cell (so rows never overlap)."""
     n_layers = G.graph["n_layers"]
     cells: dict[tuple[int, int], list[str]] = {}
-    for n, d in sorted(G.nodes(data=True), key=lambda x: (x[1]["kind"] != "feature", -abs(x[1]["influence"] or 0))):
+    for n, d in sorted(G.nodes(data=True), key=lambda x: (x[1]["kind"] != "feature", _rank(x[1]))):
         cells.setdefault((_row(d, n_layers), d["position"]), []).append(n)
     step = 2 * R + 3
     lines = [max([math.ceil(len(m) / per_line) for (r, _), m in cells.items() if r == row] or [1])
@@ -89,7 +98,9 @@ def _title(n: str, d: dict) -> str:
         head = f"{d['kind']} at '{d['token']}' (pos {d['position']})"
     act = f" activation {d['activation']:.3g}" if d.get("activation") is not None else ""
     expl = f"\n{d['explanation']}" if d.get("explanation") else ""
-    return f"{head}:{act} influence {d['influence'] or 0:.3g}{expl}"
+    share = d.get("cumulative_influence")
+    share = f" (cumulative share {share:.3f})" if share is not None else ""
+    return f"{head}:{act} influence {d.get('influence') or 0:.3g}{share}{expl}"
 
 
 def _detail_views(G: nx.DiGraph, nodes: Sequence[str]) -> tuple[list[str], str]:
@@ -128,7 +139,7 @@ def render_html(G: nx.DiGraph, title: str = "attribution graph", max_details: in
                    f"stroke-width='0.5'/></g>")
     svg.append("</svg>")
     feats = sorted((n for n, d in G.nodes(data=True) if d["kind"] == "feature" and "acts_by_pos" in d),
-                   key=lambda n: -abs(G.nodes[n]["influence"] or 0))[:max_details]
+                   key=lambda n: _rank(G.nodes[n]))[:max_details]
     views, page = _detail_views(G, feats)
     details = "".join(f"<div class='detail' id='detail-{html.escape(n)}' style='display:none'>{v}</div>"
                       for n, v in zip(feats, views))
