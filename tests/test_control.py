@@ -122,3 +122,22 @@ def test_checkpoint_round_trip_and_refusals(tiny, tmp_path):
         control.load_policy(tmp_path / "p", sae=saes[0])
     with pytest.raises(ValueError, match="not a control-policy folder"):
         control.load_policy(tmp_path)
+
+
+def test_the_batched_fixed_feature_search_equals_one_candidate_at_a_time(tiny):
+    """All candidates in a few batched generations (each row steered by its own candidate) give the completions
+    and accuracies of one generate call per candidate with control.feature_hooks, on prompts of several lengths."""
+    model, world, saes = tiny
+    rng = __import__("random").Random(3)
+    examples = [world.mcqa(rng) for _ in range(6)] + [world.closed_book(rng) for _ in range(6)]
+    assert len({len(e.prompt.split()) for e in examples}) > 1
+    feats = [0, 3, 5, 9, 15]
+    one = {f: rl_eval.answers(model, examples, fwd_hooks=control.feature_hooks(saes[1], 1, f, 5.0)) for f in feats}
+    ref = {f: rl_eval.accuracy_and_answers(examples, one[f])[0] for f in feats}
+    assert len({tuple(v) for v in one.values()}) > 1  # the candidates steer differently: the test can fail
+    for max_floats in (2 ** 28, 1):  # every candidate in one batch per length, and one candidate per call
+        seen = []
+        record = lambda e, c: seen.append(c) or rl_eval.score(e, c)
+        best, accs = rl_eval.search_fixed_feature(model, saes[1], 1, examples, 5.0, feats, record, max_floats)
+        assert seen == [c for f in feats for c in one[f]]  # scored in candidate order, prompt order
+        assert accs == ref and best == max(ref, key=ref.get)

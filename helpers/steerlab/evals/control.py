@@ -70,15 +70,47 @@ def agreement(a: Sequence[str], b: Sequence[str]) -> float:
 
 
 def search_fixed_feature(model, sae, layer: int, examples: Sequence[Example], coef: float,
-                         features: Sequence[int] | None = None, reward_fn: Callable[[Example, str], float] = score
-                         ) -> tuple[int, dict[int, float]]:
-    """Best fixed single-feature steering: the feature whose constant addition (``coef * W_dec[f]`` at every
-    generated token) maximises the mean ``reward_fn`` on ``examples``. Returns ``(best feature, {feature: mean})``."""
-    features = range(sae.W_dec.shape[0]) if features is None else features
-    accs = {}
-    for f in tqdm(features, desc=f"fixed-feature search (layer {layer})", leave=False):
-        comp = answers(model, examples, fwd_hooks=control.feature_hooks(sae, layer, int(f), coef))
-        accs[int(f)] = accuracy_and_answers(examples, comp, reward_fn)[0]
+                         features: Sequence[int] | None = None, reward_fn: Callable[[Example, str], float] = score,
+                         max_floats: int = 2 ** 28) -> tuple[int, dict[int, float]]:
+    """Best fixed single-feature steering: the feature whose constant addition (``coef * W_dec[f]`` at the last
+    position of every call, as :func:`steerlab.control.feature_hooks` adds it) maximises the mean ``reward_fn`` on
+    ``examples``. Returns ``(best feature, {feature: mean})`` (ties: the earlier candidate).
+
+    Candidates are searched together: a generation batch holds each prompt once per candidate of a chunk, that
+    row steered by its own candidate, so the search costs a few batched generations rather than one per
+    candidate. Chunks are sized so that a batch's activations stay near ``max_floats`` floats (thousands of rows
+    on tinyworld, tens on Gemma). Prompts of one batch share a length (or are left-padded on a rotary model), so
+    every row's last position is its own prompt's; greedy answers equal one-candidate runs (tested)."""
+    from steerlab.core import run
+    from steerlab.core.hooks import check_features, check_strength
+
+    d_sae = sae.W_dec.shape[0]
+    features = list(range(d_sae)) if features is None else check_features(list(features), d_sae, "features")
+    coef = check_strength(coef, "coef")
+    W = sae.W_dec.detach()
+    n_new = tokens_for(examples)
+    completions: dict[int, list[str]] = {f: [""] * len(examples) for f in features}
+    for rows, tokens in run.batches(model, [e.prompt for e in examples], len(examples), n_new):
+        per_row = (tokens.shape[1] + n_new) * model.cfg.n_layers * model.cfg.d_model * 4
+        per_call = max(1, int(max_floats // per_row) // len(rows))
+        for s in tqdm(range(0, len(features), per_call), desc=f"fixed-feature search (layer {layer})", leave=False):
+            chunk = features[s: s + per_call]
+            # row-major (each prompt once per candidate, prompts in batch order): generate keeps this order
+            direction = coef * W[torch.tensor([f for _ in rows for f in chunk])].to(model.cfg.device)
+
+            def fn(resid, hook, direction=direction):
+                resid = resid.clone()
+                resid[:, -1] = resid[:, -1] + direction.to(resid.dtype)
+                return resid
+
+            prompts = [examples[i].prompt for i in rows for _ in chunk]
+            gen = generate(model, prompts, n_new, [(control.hook_name(layer), fn)], batch_size=len(prompts))
+            if gen.calls and gen.calls[0][0] != list(range(len(prompts))):
+                raise RuntimeError("fixed-feature search: generate reordered the rows of a batch")
+            for k, i in enumerate(rows):
+                for j, f in enumerate(chunk):
+                    completions[f][i] = gen.completions[k * len(chunk) + j]
+    accs = {f: accuracy_and_answers(examples, completions[f], reward_fn)[0] for f in features}
     return max(accs, key=accs.get), accs
 
 
