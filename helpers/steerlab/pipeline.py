@@ -374,20 +374,16 @@ def _metrics_html(profile: str, stem: str, metrics: dict[str, Any]) -> str:
     if not metrics:
         return "<p>(no metrics)</p>"
     specs = report.load_targets()
-    rows = [r for r in specs.get(profile, specs.get("default", [])) if r["notebook"] == stem]
+    rows = [report.row(profile, r, metrics) for r in specs.get(profile, specs.get("default", []))
+            if r["notebook"] == stem]
     out = ""
     if rows:
         cells = []
         for r in rows:
-            bound, met = report.check(metrics.get(r["key"]), r.get("target", ""), metrics)
-            status = "reported" if not r.get("target") else "not measured" if met is None else "met" if met else "missed"
-            colour = {"met": "#060", "missed": "#b00000"}.get(status, "#555")
-            target = r.get("target") or "–"
-            if bound is not None and any(c.isalpha() for c in target):
-                target += f" (= {report.fmt(bound)})"
-            cells.append(f"<tr><td>{html.escape(r.get('label', r['key']))}</td><td><code>{html.escape(r['key'])}"
-                         f"</code></td><td>{html.escape(target)}</td><td>{report.fmt(metrics.get(r['key']))}</td>"
-                         f"<td style='color:{colour}'>{status}</td></tr>")
+            colour = {"met": "#060", "missed": "#b00000"}.get(r.status, "#555")
+            cells.append(f"<tr><td>{html.escape(r.label)}</td><td><code>{html.escape(r.key)}</code></td>"
+                         f"<td>{html.escape(report.target_text(r))}</td><td>{report.fmt(r.measured)}</td>"
+                         f"<td style='color:{colour}'>{r.status}</td></tr>")
         out += ("<table><tr><th>figure</th><th>key</th><th>target</th><th>measured</th><th></th></tr>"
                 + "".join(cells) + "</table>")
     top = headline(metrics)

@@ -143,13 +143,24 @@ def evaluate(results_dir: Path = RESULTS_DIR, targets: Path = TARGETS_FILE) -> l
             f = metrics_file(profile, r["notebook"], results_dir)
             if f not in cache:
                 cache[f] = json.loads(f.read_text()) if f.is_file() else {}
-            metrics = cache[f]
-            measured = metrics.get(r["key"])
-            where = f"{targets}: {profile} {r['notebook']} {r['key']}"
-            bound, met = check(measured, r.get("target", ""), metrics, where)
-            rows.append(Row(profile, r["notebook"], r["key"], r.get("target", "") or "", r.get("issue"),
-                            r.get("label", r["key"]), measured, bound, met))
+            rows.append(row(profile, r, cache[f], f"{targets}: {profile} {r['notebook']} {r['key']}"))
     return rows
+
+
+def row(profile: str, spec: dict, metrics: dict[str, Any], where: str = "target") -> Row:
+    """One target row of ``targets.yaml`` evaluated on a notebook's ``metrics``."""
+    measured = metrics.get(spec["key"])
+    bound, met = check(measured, spec.get("target", ""), metrics, where)
+    return Row(profile, spec["notebook"], spec["key"], spec.get("target", "") or "", spec.get("issue"),
+               spec.get("label", spec["key"]), measured, bound, met)
+
+
+def target_text(r: Row) -> str:
+    """A row's target as a reader sees it: with the other side's value when the target names metric keys."""
+    target = r.target or "–"
+    if r.bound is not None and any(c.isalpha() for c in r.target):
+        target = f"{target.split()[0]} {fmt(r.bound)}"
+    return target
 
 
 def fmt(v: Any) -> str:
@@ -180,9 +191,7 @@ def markdown_table(rows: list[Row], results_dir: Path = RESULTS_DIR) -> str:
             out.append(f"| {profile} | {len(mine)} targets in `results/targets.yaml` | | | not run yet |")
             continue
         for r in mine:
-            target = r.target.replace("|", "\\|") or "–"
-            if r.bound is not None and any(c.isalpha() for c in r.target):
-                target = f"{target.split()[0]} {fmt(r.bound)}"  # the other side's value; its keys: targets.yaml
+            target = target_text(r).replace("|", "\\|")  # the other side's value; its keys: targets.yaml
             status = {"met": "met", "missed": "**missed**"}.get(r.status, r.status)
             nb = r.notebook if r.notebook == "run" else r.notebook[:2]
             out.append(f"| {profile} {nb} | `{r.key}` | {target} | {fmt(r.measured)} | {status} |")
