@@ -47,13 +47,16 @@ def _prompts(model_name: str, model, n: int) -> list[str]:
     return (GEMMA_PROMPTS * (n // len(GEMMA_PROMPTS) + 1))[:n]
 
 
-def _best(fn, repeats: int) -> float:
-    times = []
+def _best(fns: dict, repeats: int) -> dict[str, float]:
+    """Best time of each of ``fns`` over ``repeats`` rounds, the functions interleaved within each round, so a
+    change of machine load touches all of them alike (the ratios compare times measured side by side)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: min(v) for k, v in times.items()}
 
 
 @torch.no_grad()
@@ -85,15 +88,16 @@ def bench_model(model_name: str, model=None, n_new: int = 32, repeats: int = 2, 
     for label, ps in cases.items():
         for cache in (True, False):
             suffix = label + ("" if cache else "_nocache")
-            steered = _best(ours(ps, True, cache), repeats)
-            unhooked = _best(ours(ps, False, cache), repeats)
-            out[f"steered_seconds_{suffix}"] = steered
-            out[f"unhooked_seconds_{suffix}"] = unhooked
-            out[f"hook_overhead_{suffix}"] = unhooked / steered
+            fns = {"steered": ours(ps, True, cache), "unhooked": ours(ps, False, cache)}
             if hf is not None:
-                hf_t = _best(lambda: _hf_generate(hf, tok, ps, n_new, cache), repeats)
-                out[f"hf_seconds_{suffix}"] = hf_t
-                out[f"steered_vs_hf_generate_{suffix}"] = hf_t / steered
+                fns["hf"] = lambda ps=ps, cache=cache: _hf_generate(hf, tok, ps, n_new, cache)
+            t = _best(fns, repeats)
+            out[f"steered_seconds_{suffix}"] = t["steered"]
+            out[f"unhooked_seconds_{suffix}"] = t["unhooked"]
+            out[f"hook_overhead_{suffix}"] = t["unhooked"] / t["steered"]
+            if hf is not None:
+                out[f"hf_seconds_{suffix}"] = t["hf"]
+                out[f"steered_vs_hf_generate_{suffix}"] = t["hf"] / t["steered"]
     out["hook_overhead"] = out["hook_overhead_b16"]
     out["tokens_per_second_steered_b16"] = batch * n_new / out["steered_seconds_b16"]
     return out

@@ -151,3 +151,31 @@ def test_suite_concepts_are_the_suite_topics_read_from_TOPIC_START():
     table = C.concept_table(model, sae, suite, n=12)
     assert list(table.index) == [c.name for c in cs] and (table["kind"] == "topic").all()
     assert table["auroc"].min() > 0.8  # tinyworld's topic features detect its topics on these texts too
+
+
+def test_sparse_probe_picks_the_mean_difference_latents_and_scores_held_out_prompts():
+    """Latent 3 carries the label (with noise), latent 0 is large but label-blind, the rest is noise: k=1 must
+    choose latent 3 and reach near-perfect held-out accuracy, while a probe forced onto latent 0 would sit near
+    chance; positions of one prompt never straddle the split; an imbalanced concept is balanced (chance 0.5)."""
+    g = torch.Generator().manual_seed(0)
+    n = 600
+    y = torch.rand(n, generator=g) < 0.2  # imbalanced: 20 % positive (majority guess: 0.8)
+    acts = torch.rand(n, 6, generator=g) * 0.3
+    acts[:, 0] = torch.rand(n, generator=g) * 5.0
+    acts[:, 3] += y.float() * 1.0
+    groups = [f"p{i // 3}" for i in range(n)]
+    accs = C.sparse_probe(acts, y.tolist(), groups, ks=(1, 2))
+    assert accs[1] > 0.97 and accs[2] > 0.97
+    shuffled = C.sparse_probe(acts, y[torch.randperm(n, generator=g)].tolist(), groups, ks=(1,))
+    assert 0.35 < shuffled[1] < 0.65  # balanced test set: no label signal -> chance, not the 0.8 majority
+    with pytest.raises(ValueError, match="both sides"):
+        C.sparse_probe(acts, [True] * n, groups)
+
+
+def test_sparse_probe_table_on_the_shipped_sae_has_every_concept():
+    model, world = models.load_tinyworld()
+    sae = S.load_sae("tinyworld", layer=2)
+    table = C.sparse_probe_table(model, sae, world, n=24, ks=(1, 5))
+    assert {"k1", "k5"} <= set(table.columns) and len(table) == len(C.world_concepts(world, n=24))
+    assert ((table["k1"] >= 0) & (table["k1"] <= 1)).all()
+    assert table["k5"].mean() >= table["k1"].mean() - 0.05  # five latents do not do worse than one

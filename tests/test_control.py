@@ -1,5 +1,7 @@
 """steerlab.control: action space, steering effect, hooks under the KV cache, checkpoints that refuse mismatches."""
 
+import json
+
 import pytest
 import torch
 from control_fixtures import tiny_model, tiny_sae
@@ -38,6 +40,20 @@ def test_steer_adds_the_decoder_row_and_noop_adds_nothing():
     torch.testing.assert_close(out2[0], x[0] + W[0] + W[2])
 
 
+def test_the_default_is_the_papers_action_one_feature_always_added():
+    cfg = _cfg()
+    assert cfg.noop is False and cfg.n_actions == cfg.d_sae and cfg.k == 1
+    assert _cfg(noop=True).n_actions == cfg.d_sae + 1
+
+
+def _silent_sae(layer: int, seed: int = 0):
+    """A TopK SAE whose every code is 0 (encoder bias -1000): no feature is ever active."""
+    sae = tiny_sae(layer, seed=seed)
+    with torch.no_grad():
+        sae.b_enc.fill_(-1000.0)
+    return sae
+
+
 def test_active_mask_is_the_sae_code_support_plus_noop(tiny):
     _, _, saes = tiny
     x = torch.randn(5, 32)
@@ -45,15 +61,62 @@ def test_active_mask_is_the_sae_code_support_plus_noop(tiny):
     assert cand.shape == (5, 17) and cand[:, -1].all()
     assert torch.equal(cand[:, :16], saes[1].encode(x) > 0)
     assert cand[:, :16].sum(-1).max() <= 4  # TopK SAE with k = 4
+    assert torch.equal(control.candidates(saes[1], x, "active", noop=False), saes[1].encode(x) > 0)  # >= k active
     assert control.candidates(saes[1], x, "all", noop=False).all()
 
 
-def test_policy_never_picks_a_masked_action_and_reference_is_a_distribution(tiny):
+def test_without_noop_a_mask_with_too_few_active_features_is_topped_up_by_pre_activation(tiny):
+    """The pinned fallback of the paper's action: where fewer than k features are active, the mask adds the
+    features of highest encoder pre-activation, so it always offers k (never an empty, NaN distribution)."""
+    from steerlab.core.activations import encoder_preactivation
+
+    _, _, saes = tiny
+    x = torch.randn(6, 32)
+    silent = _silent_sae(1)
+    assert not (silent.encode(x) > 0).any()
+    pre = encoder_preactivation(silent, x)
+    for k in (1, 2):
+        cand = control.candidates(silent, x, "active", noop=False, k=k)
+        assert cand.shape == (6, 16) and (cand.sum(-1) == k).all()
+        assert torch.equal(cand.nonzero()[:, 1].view(6, k).sort(-1).values, pre.topk(k, -1).indices.sort(-1).values)
+    # with the no-op the mask is the active set as before: only "no steering" is left
+    cand = control.candidates(silent, x, "active", noop=True)
+    assert not cand[:, :16].any() and cand[:, 16].all()
+    # 4 features active (TopK k = 4), k = 6: the 4 active ones stay, the 2 next-highest pre-activations join
+    cand = control.candidates(saes[1], x, "active", noop=False, k=6)
+    active = saes[1].encode(x) > 0
+    assert (cand.sum(-1) == 6).all() and cand[active].all()
+    rest = encoder_preactivation(saes[1], x).masked_fill(active, float("-inf")).topk(2, -1).indices
+    assert cand.gather(1, rest).all()
+    # the policy over the topped-up mask is a proper distribution and picks the fallback feature
+    pol = control.new_policy(_cfg(), silent)
+    torch.nn.init.normal_(pol.heads["1"][-1].weight)
+    cand = control.candidates(silent, x, "active", noop=False)
+    a = pol.act(1, x, cand, greedy=False)
+    assert torch.isfinite(a.logp).all() and torch.isfinite(a.entropy).all() and torch.isfinite(a.kl).all()
+    assert torch.equal(a.actions[:, 0], pre.argmax(-1))
+
+
+def test_without_noop_the_reference_is_uniform_and_the_kl_is_an_entropy_bonus(tiny):
     _, _, saes = tiny
     pol = control.new_policy(_cfg(), saes[1])
+    torch.nn.init.normal_(pol.heads["1"][-1].weight)
+    x = torch.randn(32, 32)
+    cand = control.candidates(saes[1], x, "active", noop=False)
+    ref = pol.reference_logp(cand).exp() * cand
+    torch.testing.assert_close(ref, cand / cand.sum(-1, keepdim=True))
+    a = pol.evaluate(1, x, cand, torch.zeros(32, 1, dtype=torch.long))
+    torch.testing.assert_close(a.kl, cand.sum(-1).float().log() - a.entropy)
+    assert (a.kl > 1e-3).all()
+
+
+@pytest.mark.parametrize("noop", [True, False])
+def test_policy_never_picks_a_masked_action_and_reference_is_a_distribution(tiny, noop):
+    _, _, saes = tiny
+    pol = control.new_policy(_cfg(noop=noop), saes[1])
     torch.nn.init.normal_(pol.heads["1"][-1].weight)  # a non-uniform policy
     x = torch.randn(64, 32)
-    cand = control.candidates(saes[1], x, "active", noop=True)
+    cand = control.candidates(saes[1], x, "active", noop=noop)
     a = pol.act(1, x, cand, greedy=False)
     assert cand.gather(1, a.actions).all()
     ref = pol.reference_logp(cand).exp() * cand
@@ -71,7 +134,7 @@ def test_policy_never_picks_a_masked_action_and_reference_is_a_distribution(tiny
 
 def test_topk_log_prob_is_plackett_luce(tiny):
     _, _, saes = tiny
-    pol = control.new_policy(_cfg(k=2, mask="all"), saes[1])
+    pol = control.new_policy(_cfg(k=2, mask="all", noop=True), saes[1])
     torch.nn.init.normal_(pol.heads["1"][-1].weight)
     x = torch.randn(3, 32)
     cand = control.candidates(saes[1], x, "all", noop=True)
@@ -104,15 +167,60 @@ def test_hooks_steer_every_generated_token_under_the_kv_cache(tiny):
     assert {c["layer"] for c in chosen[0]} == {0, 1}
 
 
-def test_checkpoint_round_trip_and_refusals(tiny, tmp_path):
+def test_the_papers_action_never_picks_the_noop_and_changes_the_residual_at_every_steered_token(tiny):
+    """noop=False: every hook call at every generated token adds coef * W_dec[a] with a a feature (< d_sae), also
+    at a layer whose SAE finds no feature active (the topped-up mask)."""
     model, _, saes = tiny
-    pol = control.new_policy(_cfg(layers=(0, 1)), saes, model)
+    layer_saes = {0: saes[0], 1: _silent_sae(1, seed=2)}
+    pol = control.new_policy(_cfg(layers=(0, 1), mask="active", coef=5.0), layer_saes, model)
+    for head in pol.heads.values():
+        torch.nn.init.normal_(head[-1].weight)
+    seen = []
+
+    def record(resid, hook):
+        seen.append(resid[:, -1].detach().clone())
+
+    trace = control.Trace()
+    hooks = control.policy_hooks(pol, layer_saes, greedy=False, trace=trace, generator=torch.Generator().manual_seed(0))
+    prompts = ["reason : 1 + 2 + 3 =", "reason : 4 + 5 + 6 ="]
+    g = rl.generate(model, prompts, 5, hooks + [(control.hook_name(l), record) for l in (0, 1)])
+    assert len(trace.steps) == len(seen) == 2 * len(g.calls) and len(g.calls) > 1
+    for step, after in zip(trace.steps, seen):
+        acts = step["action"].actions
+        assert (acts < 16).all() and step["cand"].shape[1] == 16
+        W = layer_saes[step["layer"]].W_dec.detach()
+        torch.testing.assert_close(after - step["x"], 5.0 * W[acts[:, 0]])
+        assert ((after - step["x"]).norm(dim=-1) > 1.0).all()  # unit-norm decoder rows x 5
+
+
+@pytest.mark.parametrize("noop", [False, True])
+def test_checkpoint_round_trip_and_refusals(tiny, tmp_path, noop):
+    model, _, saes = tiny
+    pol = control.new_policy(_cfg(layers=(0, 1), noop=noop), saes, model)
     torch.nn.init.normal_(pol.heads["0"][-1].weight)
     control.save_policy(pol, tmp_path / "p", note="test")
-    back = control.load_policy(tmp_path / "p", sae=saes, model=model)
+    back = control.load_policy(tmp_path / "p", sae=saes, model=model, noop=noop)
+    assert back.cfg.noop is noop  # the action space comes from cfg.json
     x = torch.randn(4, 32)
-    cand = control.candidates(saes[0], x, "all", True)
+    cand = control.candidates(saes[0], x, "all", noop)
     torch.testing.assert_close(back.logits(0, x, cand), pol.logits(0, x, cand))
+    with pytest.raises(ValueError, match=f"trained with noop={noop}.*asks for noop={not noop}"):
+        control.load_policy(tmp_path / "p", noop=not noop)
+    cfg_json = tmp_path / "p" / "cfg.json"
+    original = cfg_json.read_text()
+    spec = json.loads(original)
+    spec["config"]["noop"] = not noop  # a cfg.json that lies about the action space
+    cfg_json.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="does not fit its cfg.json"):
+        control.load_policy(tmp_path / "p")
+    del spec["config"]["noop"]  # an old cfg.json, from before the paper-action default
+    cfg_json.write_text(json.dumps(spec))
+    if noop:
+        with pytest.raises(ValueError, match="add \"noop\": true"):
+            control.load_policy(tmp_path / "p")
+    else:
+        assert control.load_policy(tmp_path / "p").cfg.noop is False
+    cfg_json.write_text(original)
     with pytest.raises(ValueError, match="another SAE for layer 1"):
         control.load_policy(tmp_path / "p", sae={0: saes[0], 1: tiny_sae(1, seed=9)})
     other, _ = tiny_model(tmp_path / "other", seed=3)

@@ -40,6 +40,19 @@ def test_a_malformed_target_is_an_error_naming_the_row(tmp_path):
         _results(tmp_path, {}, "default:\n  - {notebook: 03_steering, key: a, tagret: '>= 1'}\n")
 
 
+def test_a_notebooks_closing_table_has_its_targets_then_its_headline_figures(tmp_path):
+    t = tmp_path / "targets.yaml"
+    t.write_text("default:\n"
+                 "  - {notebook: 03_steering, key: spare_em_c, target: '> none_em_c', label: SPARE}\n"
+                 "  - {notebook: 02_mi_explanations, key: mi_precision_at_10, target: '>= 0.5'}\n")
+    metrics = {"spare_em_c": 0.61234, "none_em_c": 0.7, "asr_before": 0.987, "table": [1, 2],
+               "headline": ["asr_before", "spare_em_c", "table"]}
+    df = report.headline_table("03_steering", metrics, "smoke", targets=t)  # smoke: the default's rows
+    assert list(df.index) == ["SPARE", "asr_before"]
+    assert df.loc["SPARE"].tolist() == ["spare_em_c", "> 0.7", "0.612", "missed"]
+    assert df.loc["asr_before", "measured"] == "0.987"
+
+
 def test_figures_are_rounded_for_a_reader():
     assert [report.fmt(v) for v in (0.123456, 406.43, 1000.0, 3, None, True)] == \
         ["0.123", "406", "1000", "3", "–", "yes"]
@@ -67,3 +80,21 @@ def test_the_report_page_shows_targets_met_or_missed_and_rounds_figures():
     assert "0.495" in page and "0.4951234" not in page
     assert "<td style='color:#b00000'>missed</td>" in page and "<td style='color:#060'>met</td>" in page
     assert "&lt;= 0.18" in page  # the target's other side, evaluated on the same metrics
+
+
+def test_the_report_page_asks_each_notebooks_question_and_shows_its_figures(tmp_path):
+    import nbformat
+
+    from steerlab import pipeline
+
+    folder = tmp_path / "smoke" / "01_train_sae"
+    folder.mkdir(parents=True)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+        "# 01 · SAEs\n\n**Question.** Do the *SAEs* reconstruct\nthe model?\n\nMore text.")])
+    nbformat.write(nb, folder / "01_train_sae.ipynb")
+    (folder / "metrics.json").write_text(json.dumps({"explained_variance": 0.97}))
+    (folder / "training_curves.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    page = pipeline.render_index("smoke", [], runs_root=tmp_path).read_text()
+    assert "<strong>Question.</strong> Do the SAEs reconstruct the model?</p>" in page
+    assert "<img src='01_train_sae/training_curves.png'" in page
+    assert "More text" not in page

@@ -317,10 +317,11 @@ def execute(notebook: Path, profile: str, spec: dict[str, dict], kernel: str = "
 
 # ---------------------------------------------------------------------------------------------- report
 
-# nbconvert's template loads require.js and MathJax from a CDN; offline they only fail to load (formulas stay
-# readable as TeX), so they are dropped and the page makes no network request. circuitsvis views inline
-# their own script (steerlab.viz).
-_CDN_SCRIPT = re.compile(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>')
+# Each executed notebook is exported by steerlab.viz.export: nbconvert's lab template without its CDN loaders,
+# formulas typeset by the MathJax copied into runs/<profile>/.static/, widgets as static snapshots of their last
+# state; the page makes no network request. circuitsvis views inline their own script (steerlab.viz).
+STATIC_DIR = ".static"  # runs/<profile>/.static/: files the HTML pages load (MathJax); hidden, so `make results`'s
+# loop over runs/<profile>/*/ (run folders) does not see it
 _STEM = re.compile(r"[0-9][0-9]_")  # run folders of pipeline notebooks (NN_name)
 
 
@@ -333,15 +334,14 @@ def _page(folder: Path) -> Path | None:
 def render_index(profile: str, executed: list[Path], *, runs_root: Path | None = None) -> Path:
     """Render each notebook of ``executed`` to HTML and write ``<root>/<profile>/index.html``, which lists every
     run folder of the profile: its metrics, and for a notebook whose last run failed a "failed" marker with the
-    error's last line and links to the failed notebook and the last good run."""
-    from nbconvert import HTMLExporter
+    error's last line and links to the failed notebook and the last good run. The pages load MathJax from
+    ``<root>/<profile>/.static/`` (:func:`steerlab.viz.export.write_html`)."""
+    from steerlab.viz import export
 
     base = Path(runs_root).resolve() / profile if runs_root is not None else RUNS_DIR / profile
     base.mkdir(parents=True, exist_ok=True)
-    exporter = HTMLExporter(template_name="lab")
     for nb in executed:
-        body, _ = exporter.from_filename(str(nb))
-        Path(nb).with_suffix(".html").write_text(_CDN_SCRIPT.sub("", body))
+        export.write_html(Path(nb), base / STATIC_DIR)
     stems = sorted({d.name.removesuffix(FAILED_SUFFIX) for d in base.iterdir() if d.is_dir()
                     and _STEM.match(d.name) and not d.name.endswith((RUNNING_SUFFIX, ".old"))})
     rows = []
@@ -357,13 +357,37 @@ def render_index(profile: str, executed: list[Path], *, runs_root: Path | None =
             row += (f"<p class='failed' style='color:#b00000'><strong>FAILED</strong>: "
                     f"<code>{html.escape(last_error_line(failed))}</code>;{link} "
                     f"(<a href='{failed.name}/error.txt'>error.txt</a>); {last}</p>")
+        question = _question(final) if final.is_dir() else ""
+        if question:
+            row += f"<p class='question'><strong>Question.</strong> {html.escape(question)}</p>"
         metrics = read_metrics(final) if final.is_dir() else {}
         row += _metrics_html(profile, stem, metrics)
+        if final.is_dir():
+            row += "".join(f"<figure><img src='{stem}/{png.name}' alt='{html.escape(png.stem)}' "
+                           f"style='max-width:100%'><figcaption>{html.escape(png.name)}</figcaption></figure>"
+                           for png in sorted(final.glob("*.png")))
         rows.append(row)
     index = base / "index.html"
     index.write_text(f"<!doctype html><meta charset='utf-8'><title>steerlab {html.escape(profile)}</title>"
                      f"<h1>steerlab run: {html.escape(profile)}</h1>{''.join(rows)}")
     return index
+
+
+_QUESTION = re.compile(r"\*\*Question\.\*\*\s*(.+?)(?:\n\s*\n|$)", re.S)
+
+
+def _question(folder: Path) -> str:
+    """The question a notebook answers: the ``**Question.**`` paragraph of its first markdown cell."""
+    nbs = sorted(folder.glob("*.ipynb"))
+    if not nbs:
+        return ""
+    try:
+        cells = json.loads(nbs[0].read_text())["cells"]
+    except (ValueError, KeyError):
+        return ""
+    first = next(("".join(c["source"]) for c in cells if c.get("cell_type") == "markdown"), "")
+    m = _QUESTION.search(first)
+    return " ".join(m.group(1).split()).replace("*", "") if m else ""
 
 
 def _metrics_html(profile: str, stem: str, metrics: dict[str, Any]) -> str:
@@ -373,9 +397,7 @@ def _metrics_html(profile: str, stem: str, metrics: dict[str, Any]) -> str:
 
     if not metrics:
         return "<p>(no metrics)</p>"
-    specs = report.load_targets()
-    rows = [report.row(profile, r, metrics) for r in specs.get(profile, specs.get("default", []))
-            if r["notebook"] == stem]
+    rows = report.notebook_rows(stem, metrics, profile)
     out = ""
     if rows:
         cells = []

@@ -155,6 +155,33 @@ def row(profile: str, spec: dict, metrics: dict[str, Any], where: str = "target"
                spec.get("label", spec["key"]), measured, bound, met)
 
 
+def notebook_rows(notebook: str, metrics: dict[str, Any], profile: str = "default",
+                  targets: Path = TARGETS_FILE) -> list[Row]:
+    """The target rows of one notebook (its stem, e.g. ``"03_steering"``) evaluated on a run's ``metrics``: the
+    rows of ``profile`` in ``targets.yaml``, else the default profile's (a smoke or manual run is compared with
+    the default's targets, which it is not sized to meet)."""
+    specs = load_targets(targets)
+    return [row(profile, r, metrics) for r in specs.get(profile, specs.get("default", []))
+            if r["notebook"] == notebook]
+
+
+def headline_table(notebook: str, metrics: dict[str, Any], profile: str = "default", extra: int = 6,
+                   targets: Path = TARGETS_FILE):
+    """A notebook's closing table, for a reader: its target rows (figure, key, target, measured, met or missed)
+    and then up to ``extra`` more headline figures (the notebook's ``headline`` list, else its first keys),
+    rounded by :func:`fmt`. A ``pandas.DataFrame`` indexed by the figure's label."""
+    import pandas as pd
+
+    rows = notebook_rows(notebook, metrics, profile, targets)
+    seen = {r.key for r in rows}
+    keys = metrics.get("headline")
+    keys = [k for k in keys if k in metrics] if isinstance(keys, list) else list(metrics)
+    more = [k for k in keys if k not in seen and k != "headline" and not isinstance(metrics[k], (list, dict))]
+    table = [(r.label, r.key, target_text(r), fmt(r.measured), r.status) for r in rows]
+    table += [(k, k, "–", fmt(metrics[k]), "") for k in more[:extra]]
+    return pd.DataFrame(table, columns=["figure", "key", "target", "measured", ""]).set_index("figure")
+
+
 def target_text(r: Row) -> str:
     """A row's target as a reader sees it: with the other side's value when the target names metric keys."""
     target = r.target or "–"

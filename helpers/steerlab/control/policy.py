@@ -4,12 +4,21 @@ adding one SAE feature per token.
 MDP, per generated token t and per controlled layer l (``blocks.{l}.hook_resid_post``):
 
 * state  ``x_t`` = the residual stream at layer l at the current token, ``Float[d_model]``;
-* action ``a_t`` = ``k`` SAE features (k = 1 by default) chosen among a candidate set (the *adaptive mask*):
-  ``mask="active"`` allows the features the SAE finds active at the current token, ``mask="all"`` every
-  feature; with ``noop=True`` an extra action index ``d_sae`` means "no steering" and is always allowed;
-* effect ``x'_t = x_t + coef * sum_{a in a_t} W_dec[a]`` (the no-op adds nothing).
+* action ``a_t`` = ``k`` SAE features (k = 1 by default) chosen among a candidate set (the *adaptive mask*,
+  :func:`candidates`): ``mask="active"`` allows the features the SAE finds active at the current token,
+  ``mask="all"`` every feature;
+* effect ``x'_t = x_t + coef * sum_{a in a_t} W_dec[a]``.
 
-Action indices: ``0 .. d_sae - 1`` are SAE features, ``d_sae`` is the no-op (present iff ``cfg.noop``).
+By default (``noop=False``) this is the paper's action: one SAE feature is *always* added, at every steered token.
+``noop=True`` is steerlab's variant: an extra action index ``d_sae`` means "no steering" (adds nothing), is always
+allowed, and is what the KL reference policy favours (``noop_prior``). Action indices: ``0 .. d_sae - 1`` are SAE
+features, ``d_sae`` is the no-op (present iff ``cfg.noop``).
+
+The paper names its mask *Adaptive Feature Masking* ("encourages diverse feature discovery while preserving
+single-feature interpretability") without defining it in any text reachable here; the authors' public steering hook
+(github.com/seonglae/CorrSteer, ``corrsteer/steer.py``) hands the policy a running mean of the SAE codes of the
+steered tokens so far in the generation, i.e. features active at the current token *or an earlier steered one*.
+``mask="active"`` uses the current token only. See notebook 04, section 1.
 
 Multi-layer control uses **one policy head per layer** (separate small MLPs, one value head each): each layer has
 its own SAE and so its own dictionary of actions, so a shared trunk would share nothing semantic across the
@@ -19,8 +28,8 @@ order inside one forward pass, so a later layer's state already contains the ear
 Hooks steer the **last position of every forward call**: with the KV cache on (``evaluate.complete`` default,
 and :func:`steerlab.rl.rollout`) that is the current token at every generation step, prompt included.
 
-A checkpoint folder holds ``cfg.json`` (the :class:`ControlConfig`, with fingerprints of the SAEs and model it
-was trained on) and ``policy.safetensors``.
+A checkpoint folder holds ``cfg.json`` (the :class:`ControlConfig`, ``noop`` included, with fingerprints of the SAEs
+and model it was trained on) and ``policy.safetensors``.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from steerlab.core.activations import fingerprint
+from steerlab.core.activations import encoder_preactivation, fingerprint
 from steerlab.core.hooks import check_features, check_strength
 from steerlab.core.hooks import hook_name_for as hook_name  # re-exported: notebook 04 and rl.py use control.hook_name
 
@@ -57,9 +66,9 @@ class ControlConfig:
     k: int = 1  # features added per token and layer (top-k; 1 keeps each step one readable feature)
     mask: str = "active"  # adaptive candidate mask: "active" (features active at the token) or "all"
     coef: float = 30.0  # steering coefficient c in x' = x + c W_dec[a] (residual-stream units)
-    noop: bool = True  # add a "no steering" action (index d_sae); the KL penalty pulls toward it
-    noop_prior: float = 0.9  # mass of the no-op in the reference policy of the KL penalty
-    noop_init: float = 0.0  # initial logit of the no-op (the features start at 0): > 0 starts near "no steering"
+    noop: bool = False  # False: the paper's action, a feature is always added; True: add a "no steering" action
+    noop_prior: float = 0.9  # noop=True only: mass of the no-op in the reference policy of the KL penalty
+    noop_init: float = 0.0  # noop=True only: initial logit of the no-op (features start at 0); > 0 starts near "no steering"
     sae_fingerprints: dict = field(default_factory=dict)  # str(layer) -> fingerprint of that SAE's W_dec
     model_fingerprint: str = ""  # fingerprint of the model's W_U ("" = not recorded)
 
@@ -87,7 +96,7 @@ class Action(NamedTuple):
     """What a policy head did for a batch of states.
 
     Attributes:
-        actions: ``[batch, k]`` chosen action indices (``d_sae`` = no-op).
+        actions: ``[batch, k]`` chosen action indices (``d_sae`` = the no-op, only when ``cfg.noop``).
         logp: ``[batch]`` log-probability of the chosen set (Plackett-Luce for k > 1).
         entropy: ``[batch]`` entropy of the first draw's distribution.
         kl: ``[batch]`` KL(pi || reference) of the first draw's distribution.
@@ -138,8 +147,10 @@ class ControlPolicy(nn.Module):
         return self.values[str(layer)](self._norm(x)).squeeze(-1)
 
     def reference_logp(self, cand: Bool[Tensor, "batch n_actions"]) -> Float[Tensor, "batch n_actions"]:
-        """log pi_ref: ``noop_prior`` on the no-op, the rest uniform over the other candidates ("no steering").
-        Without a no-op action the reference is uniform over the candidates."""
+        """log pi_ref: with ``noop``, ``noop_prior`` on the no-op and the rest uniform over the other candidates
+        (the penalty pulls toward "no steering"). Without a no-op (the paper's action) there is no "no steering" to
+        pull toward and the reference is uniform over the candidates, so ``KL(pi || ref) = log |C| - H(pi)``: the
+        penalty is then one more entropy bonus (tested)."""
         n_feat = cand[:, : self.cfg.d_sae].sum(-1, keepdim=True).clamp(min=1)
         if self.cfg.noop:
             ref = torch.where(cand, (1 - self.cfg.noop_prior) / n_feat, torch.zeros(()))
@@ -176,12 +187,27 @@ class ControlPolicy(nn.Module):
         return self.evaluate(layer, x, cand, actions)
 
 
-def candidates(sae, x: Float[Tensor, "batch d_model"], rule: str, noop: bool) -> Bool[Tensor, "batch n_actions"]:
-    """The adaptive feature mask: which actions are allowed at each state (the no-op always is)."""
+def candidates(sae, x: Float[Tensor, "batch d_model"], rule: str, noop: bool, k: int = 1
+               ) -> Bool[Tensor, "batch n_actions"]:
+    """The adaptive feature mask: which actions are allowed at each state, ``[batch, d_sae (+1 with noop)]``.
+
+    ``rule="all"``: every feature. ``rule="active"``: the features with a positive SAE code at ``x``. With ``noop``
+    the no-op (last column) is always allowed, so the mask is never empty. Without it (the paper's action: a
+    feature is always added) the mask must offer ``k`` features: where fewer than ``k`` are active (a ReLU or
+    JumpReLU SAE at a quiet token, a TopK SAE whose top pre-activations are all <= 0) it is topped up with the
+    features of highest encoder pre-activation (:func:`steerlab.core.activations.encoder_preactivation`), the
+    ones nearest to firing, so the policy never faces an empty (all ``-inf``, NaN) distribution.
+    """
     if rule == "all":
         cand = torch.ones(x.shape[0], sae.W_dec.shape[0], dtype=torch.bool)
     elif rule == "active":
-        cand = sae.encode(x) > 0
+        with torch.no_grad():
+            cand = sae.encode(x) > 0
+            short = cand.sum(-1) < k
+            if not noop and bool(short.any()):
+                pre = encoder_preactivation(sae, x[short]).masked_fill(cand[short], float("inf"))
+                top = pre.topk(k, -1).indices  # the active ones first (+inf), then the highest pre-activations
+                cand[short] = cand[short].scatter(-1, top, True)
     else:
         raise ValueError(f"unknown mask rule {rule!r}; use one of {MASK_RULES}")
     if noop:
@@ -191,7 +217,7 @@ def candidates(sae, x: Float[Tensor, "batch d_model"], rule: str, noop: bool) ->
 
 def steer(x: Float[Tensor, "batch d_model"], W_dec: Float[Tensor, "d_sae d_model"], actions: Int[Tensor, "batch k"],
           coef: float) -> Float[Tensor, "batch d_model"]:
-    """``x + coef * sum_k W_dec[actions]``; index ``d_sae`` (the no-op) adds nothing."""
+    """``x + coef * sum_k W_dec[actions]``; index ``d_sae`` (the no-op of a ``noop`` policy) adds nothing."""
     padded = torch.cat([W_dec, torch.zeros(1, W_dec.shape[1], dtype=W_dec.dtype)])
     return x + coef * padded[actions].sum(1)
 
@@ -237,7 +263,7 @@ def policy_hooks(policy: ControlPolicy, saes, greedy: bool = True, trace: Trace 
 
         def fn(resid, hook, layer=layer, sae=sae):
             x = resid[:, -1].detach()
-            cand = candidates(sae, x, cfg.mask, cfg.noop)
+            cand = candidates(sae, x, cfg.mask, cfg.noop, cfg.k)
             with torch.no_grad():
                 out = policy.act(layer, x, cand, greedy, generator)
             if trace is not None:
@@ -289,8 +315,13 @@ def save_policy(policy: ControlPolicy, path: str | Path, **extra) -> Path:
     return path
 
 
-def load_policy(path: str | Path, sae=None, model=None) -> ControlPolicy:
-    """Load a policy folder; refuse an SAE (or dict layer -> SAE) or model other than those it was trained on."""
+def load_policy(path: str | Path, sae=None, model=None, noop: bool | None = None) -> ControlPolicy:
+    """Load a policy folder; refuse an SAE (or dict layer -> SAE) or model other than those it was trained on.
+
+    The action space comes from ``cfg.json`` (``noop``: whether index ``d_sae`` is a "no steering" action), so a
+    policy trained with a no-op is loaded with one. ``noop`` (when given) is the action space the caller expects:
+    a policy of the other kind is refused, as are weights whose action count does not match their ``cfg.json``.
+    """
     path = Path(path)
     try:
         spec = json.loads((path / "cfg.json").read_text())
@@ -298,6 +329,16 @@ def load_policy(path: str | Path, sae=None, model=None) -> ControlPolicy:
         state = load_file(str(path / "policy.safetensors"))
     except (OSError, json.JSONDecodeError, KeyError, TypeError, SafetensorError) as err:
         raise ValueError(f"{path} is not a control-policy folder (cfg.json + policy.safetensors): {err}") from err
+    if noop is not None and cfg.noop != noop:
+        raise ValueError(f"policy {path} was trained with noop={cfg.noop} ("
+                         f"{'a no-op action beside the features' if cfg.noop else 'a feature always added'}); this run "
+                         f"asks for noop={noop}: load a policy trained with noop={noop} or retrain it")
+    policy = ControlPolicy(cfg)
+    want = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
+    if want != {k: tuple(v.shape) for k, v in state.items()}:
+        raise ValueError(f"policy {path}: policy.safetensors does not fit its cfg.json (d_sae={cfg.d_sae}, noop="
+                         f"{cfg.noop}: {cfg.n_actions} actions per head); a cfg.json without \"noop\" predates the "
+                         "paper-action default (add \"noop\": true for a no-op policy) or retrain")
     if sae is not None:
         saes = _as_dict(sae, cfg.layers)
         for l in cfg.layers:
@@ -313,7 +354,6 @@ def load_policy(path: str | Path, sae=None, model=None) -> ControlPolicy:
         if cfg.model_fingerprint and fingerprint(model.W_U) != cfg.model_fingerprint:
             raise ValueError(f"policy {path} was trained on another model (W_U fingerprint differs); "
                              "use the model it was trained on or retrain the policy")
-    policy = ControlPolicy(cfg)
     policy.load_state_dict(state)
     policy.eval()
     return policy

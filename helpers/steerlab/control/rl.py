@@ -5,7 +5,8 @@
   left-padded batch (:func:`steerlab.core.run.batches`).
 * :func:`train_control` trains a :class:`steerlab.control.ControlPolicy` with PPO (clipped ratio, learned value
   baseline ``A = R - V(x_t)``) or GRPO (``A = (R - mean_group R) / std_group R``, no critic), an entropy bonus
-  and a KL penalty toward the "no steering" reference policy (``control.ControlPolicy.reference_logp``).
+  and a KL penalty toward the reference policy ``control.ControlPolicy.reference_logp`` ("no steering" for a
+  policy with a no-op action; uniform over the candidates for the paper's action, where it acts as an entropy bonus).
   The episode reward ``R`` (1 correct, 0 otherwise: the example's own ``score`` of the decoded completion) is
   given to every step of the episode (no discount: the reward only arrives at the end).
 * :func:`train_rlvr` fine-tunes the language model itself with the same reward, rollout budget and clipped
@@ -59,7 +60,7 @@ class RLConfig:
     lr: float = 3e-3  # Adam learning rate of the control policy
     lm_lr: float = 1e-4  # Adam learning rate of the LM in the RLVR baseline
     ent_coef: float = 0.01  # entropy bonus weight
-    kl_coef: float = 0.0  # weight of KL(pi || no-steering reference)
+    kl_coef: float = 0.0  # weight of KL(pi || reference): "no steering" with a no-op action, else uniform
     vf_coef: float = 0.5  # value-loss weight (PPO)
     max_new_tokens: int = 0  # tokens generated per episode; 0 = by task (1 for single-token tasks)
     log_episodes: int = 2  # episodes per update whose chosen features are logged
@@ -253,7 +254,8 @@ def _choices(model, r: Rollout, n: int, update: int) -> list[dict]:
 class TrainResult:
     """History of a training run: per-update lists (``reward``, ``entropy``, ``kl``, ``value_loss``), the
     logged episodes (``choices``: prompt, completion, reward, per-step token/layer/features), and how often each
-    ``(layer, feature)`` was chosen over training (``feature_counts``; the no-op is feature ``d_sae``)."""
+    ``(layer, feature)`` was chosen over training (``feature_counts``; the no-op of a ``noop`` policy is feature
+    ``d_sae``)."""
 
     history: dict = field(default_factory=lambda: defaultdict(list))
     choices: list = field(default_factory=list)

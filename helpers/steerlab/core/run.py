@@ -91,6 +91,19 @@ def next_words(model: HookedTransformer, prompts: Sequence[str], fwd_hooks=()) -
     return [decode(model, [int(i)]) for i in ids]
 
 
+def _keep_last(x: Tensor, hook) -> Tensor:
+    return x[:, -1:]
+
+
+def _last_position_only(model: HookedTransformer) -> list:
+    """A hook that hands the unembedding the last position only (``ln_final.hook_normalized``): ``generate``
+    reads nothing but ``logits[:, -1]``, and on the first step, over the whole prompt, the unembedding of every
+    position would cost as much as a dozen generation steps on a 262k-token vocabulary. It runs after the
+    user's hooks, which see every position as before."""
+    ln = getattr(model, "ln_final", None)
+    return [("ln_final.hook_normalized", _keep_last)] if hasattr(ln, "hook_normalized") else []
+
+
 @torch.no_grad()
 def complete(model: HookedTransformer, prompts: Sequence[str], max_new_tokens: int = 16, fwd_hooks=(),
              use_cache: bool = True, batch_size: int = 256, stop_at_eos: bool = True) -> list[str]:
@@ -103,7 +116,7 @@ def complete(model: HookedTransformer, prompts: Sequence[str], max_new_tokens: i
     out: list[str] = [""] * len(prompts)
     eos = model.tokenizer.eos_token_id
     for chunk, tokens in batches(model, prompts, batch_size, max_new_tokens):
-        with model.hooks(fwd_hooks=list(fwd_hooks)):
+        with model.hooks(fwd_hooks=[*fwd_hooks, *_last_position_only(model)]):
             gen = model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=stop_at_eos,
                                  eos_token_id=eos, use_past_kv_cache=use_cache, verbose=False,
                                  padding_side="left")

@@ -277,3 +277,64 @@ def source_by_position(model, sae, world: World, n: int = 200, seed: int = 1) ->
 def detected_fraction(table: pd.DataFrame) -> float:
     """Share of concepts whose best single feature reaches the detection threshold."""
     return float(table["detected"].mean())
+
+
+# ------------------------------------------------------------------------------------------------ k-sparse probing
+
+PROBE_KS = (1, 2, 5)
+
+
+def _balanced(idx: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``idx`` with the larger class subsampled to the smaller one's size (SAEBench's balanced binary sets)."""
+    pos, neg = idx[y[idx]], idx[~y[idx]]
+    n = min(len(pos), len(neg))
+    return np.concatenate([rng.choice(pos, n, replace=False), rng.choice(neg, n, replace=False)])
+
+
+def sparse_probe(acts: torch.Tensor, labels, groups, ks=PROBE_KS, test_frac: float = 0.3, seed: int = 0
+                 ) -> dict[int, float]:
+    """k-sparse probing as SAEBench does it: on a balanced train split, the ``k`` latents with the largest
+    ``|mean(pos) - mean(neg)|`` are chosen, a logistic regression is fit on those ``k`` activations alone, and its
+    accuracy on a balanced held-out split is returned, ``{k: accuracy}``. The split is by ``groups`` (the prompt
+    of each position), so no prompt has positions on both sides; chance is 0.5.
+
+    SAEBench (``sparse_probing``, ``get_top_k_mean_diff_mask``) pools each text's activations into one vector;
+    here every item is one (prompt, position), the unit the world labels."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = acts.float().numpy(), np.asarray(labels, dtype=bool)
+    rng = np.random.default_rng(seed)
+    has_pos: dict = {}
+    for gr, lab in zip(groups, y):
+        has_pos[gr] = has_pos.get(gr, False) or bool(lab)
+    held = set()
+    for side in (True, False):  # stratified: prompts with a positive position, and the others, split alike
+        names = [gr for gr, p in has_pos.items() if p == side]
+        if len(names) > 1:
+            held |= set(rng.choice(names, max(1, int(round(test_frac * len(names)))), replace=False).tolist())
+    test_mask = np.array([g in held for g in groups])
+    tr, te = np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
+    if min(y[tr].sum(), (~y[tr]).sum(), y[te].sum(), (~y[te]).sum()) == 0:
+        raise ValueError("sparse_probe needs positives and negatives on both sides of the split "
+                         f"(train {int(y[tr].sum())}/{int((~y[tr]).sum())}, test {int(y[te].sum())}/{int((~y[te]).sum())})")
+    tr, te = _balanced(tr, y, rng), _balanced(te, y, rng)
+    diff = np.abs(X[tr][y[tr]].mean(0) - X[tr][~y[tr]].mean(0))
+    order = np.argsort(-diff, kind="stable")
+    out = {}
+    for k in ks:
+        cols = order[:k]
+        clf = LogisticRegression(max_iter=1000).fit(X[tr][:, cols], y[tr])
+        out[int(k)] = float(clf.score(X[te][:, cols], y[te]))
+    return out
+
+
+def sparse_probe_table(model, sae, world, n: int = 200, ks=PROBE_KS, seed: int = 0) -> pd.DataFrame:
+    """Held-out k-sparse probe accuracy (:func:`sparse_probe`, the SAE's own sparse code) for every concept of
+    ``world`` (see :func:`concepts_of`): one row per concept, columns ``kind`` and ``k1``, ``k2``, ``k5`` ..."""
+    check_fits(model, sae)
+    rows = []
+    for c in concepts_of(model, world, n):
+        acts = feature_activations(model, sae, c.items, pre_topk=False)
+        accs = sparse_probe(acts, c.labels, [p for p, _ in c.items], ks, seed=seed)
+        rows.append({"concept": c.name, "kind": c.kind, **{f"k{k}": a for k, a in accs.items()}})
+    return pd.DataFrame(rows).set_index("concept")

@@ -6,7 +6,10 @@
   :func:`accuracy_and_answers`, :func:`agreement` (share of prompts where two methods commit to the same answer);
 * the fixed-feature baseline: :func:`frequent_features` (candidates) and :func:`search_fixed_feature`;
 * :func:`chosen_features` (which feature the greedy policy picks at every generated token and layer);
-* :func:`compare_methods`: frozen model, best fixed feature, CRL and RLVR on the same prompts;
+* :func:`train_or_load`: a control policy trained here or loaded from a shipped folder (refused unless its action
+  space, SAEs and model match), with its training history;
+* :func:`compare_methods`: frozen model, best fixed feature, CRL (and its variants, e.g. with a no-op action) and
+  RLVR on the same prompts;
 * :func:`control_settings`: the settings a task suite offers (tinyworld: multiple choice with one and two layers
   and the addition chains; a real model's suite: knowledge-source control on its conflicts and arithmetic);
 * :func:`summary`: notebook 04's metrics dict.
@@ -16,16 +19,18 @@ Rewards are each example's own ``score`` (decoded text, SQuAD-normalised for a r
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from steerlab import control
-from steerlab.control.rl import generate, tokens_for
+from steerlab.control.rl import RLConfig, generate, tokens_for, train_control
 from steerlab.core.text import answer_span
 
 Example = Any  # steerlab.tasks.base.Example (duck-typed: prompt, answer, task, meta, max_new_tokens, score)
@@ -130,7 +135,7 @@ def chosen_features(model, policy: control.ControlPolicy, saes, prompts: Sequenc
                     ) -> list[list[dict]]:
     """Per prompt, the greedy policy's choice at every generated token: ``[{"step", "token", "layer",
     "features"}]`` in step then layer order (``token`` is the word generated at that step; feature ``d_sae``
-    is the no-op). For analyses of what the controller does (branch points, circuits)."""
+    is the no-op of a ``noop`` policy). For analyses of what the controller does (branch points, circuits)."""
     trace = control.Trace()
     g = generate(model, prompts, max_new_tokens, control.policy_hooks(policy, saes, greedy=True, trace=trace))
     n_layers = len(policy.cfg.layers)
@@ -147,28 +152,61 @@ def chosen_features(model, policy: control.ControlPolicy, saes, prompts: Sequenc
 
 
 def method_completions(model, examples: Sequence[Example], saes, policy: control.ControlPolicy,
-                       fixed: tuple[int, int], coef: float, tuned=None) -> dict[str, list[str]]:
+                       fixed: tuple[int, int], coef: float, tuned=None,
+                       variants: Mapping[str, control.ControlPolicy] | None = None) -> dict[str, list[str]]:
     """Greedy completions of: the frozen model (``base``), the best fixed single feature ``fixed = (layer,
-    feature)`` (``fixed``), CRL (``crl``) and, when given, the RLVR-tuned LM (``rlvr``)."""
+    feature)`` (``fixed``), CRL (``crl``), each policy of ``variants`` under its name (notebook 04:
+    ``{"crl_noop": p}``, the variant with a no-op action) and, when given, the RLVR-tuned LM (``rlvr``)."""
     saes = control._as_dict(saes, policy.cfg.layers) if not isinstance(saes, dict) else saes
     runs = {"base": answers(model, examples)}
     if fixed is not None:
         runs["fixed"] = answers(model, examples, fwd_hooks=control.feature_hooks(saes[fixed[0]], *fixed, coef))
     runs["crl"] = answers(model, examples, policy, saes)
+    for name, other in (variants or {}).items():
+        runs[name] = answers(model, examples, other, saes)
     if tuned is not None:
         runs["rlvr"] = answers(tuned, examples)
     return runs
 
 
 def compare_methods(model, examples: Sequence[Example], saes, policy: control.ControlPolicy, fixed: tuple[int, int],
-                    coef: float, tuned=None, reward_fn: Callable[[Example, str], float] = score
+                    coef: float, tuned=None, reward_fn: Callable[[Example, str], float] = score,
+                    variants: Mapping[str, control.ControlPolicy] | None = None
                     ) -> tuple[dict[str, float], dict[str, list[str]]]:
     """Held-out mean reward (``reward_fn``; by default accuracy by ``world.score``) and final answers of each
     method of :func:`method_completions`."""
     accs, finals = {}, {}
-    for name, comp in method_completions(model, examples, saes, policy, fixed, coef, tuned).items():
+    for name, comp in method_completions(model, examples, saes, policy, fixed, coef, tuned, variants).items():
         accs[name], finals[name] = accuracy_and_answers(examples, comp, reward_fn)
     return accs, finals
+
+
+def train_or_load(model, saes: dict, cfg: control.ControlConfig, sampler: Callable[[random.Random], Example],
+                  rl_cfg: RLConfig, out: str | Path, shipped: str | Path | None = None, seed: int = 0,
+                  callbacks: Sequence[Callable] = (), reward_fn: Callable[[Example, str], float] = score,
+                  meta: Mapping[str, Any] | None = None) -> tuple[control.ControlPolicy, dict]:
+    """A control policy of config ``cfg`` for ``saes`` (dict layer -> SAE) and its training history
+    (``{"reward": [...], "entropy": [...], ...}``, one value per update).
+
+    With ``shipped`` (a policy folder) the policy is loaded from it, and refused with a ``ValueError`` unless it
+    was trained with ``cfg.noop`` (the same action space) on these SAEs and this model. Otherwise a fresh policy
+    (``seed``) is trained with :func:`steerlab.control.rl.train_control` on ``sampler`` and saved to ``out``
+    (``cfg.json`` with the history, the last 20 logged episodes and the entries of ``meta``, e.g. the SAE folders;
+    ``policy.safetensors``): that folder is what ships as ``shipped``."""
+    if shipped is not None:
+        policy = control.load_policy(shipped, sae=saes, model=model, noop=cfg.noop)
+        return policy, json.loads((Path(shipped) / "cfg.json").read_text()).get("history", {})
+    policy = control.new_policy(cfg, saes, model, seed=seed)
+    res = train_control(model, policy, saes, sampler, rl_cfg, callbacks, reward_fn)
+    control.save_policy(policy, out, history=dict(res.history), choices=res.choices[-20:], **(meta or {}))
+    return policy, dict(res.history)
+
+
+def noop_share(chosen: Sequence[Sequence[dict]], d_sae: int) -> float:
+    """Share of the steps of :func:`chosen_features` at which the policy took the no-op (feature ``d_sae``): how
+    often a policy with a "no steering" action leaves the token alone (0 for the paper's action)."""
+    steps = [f for ch in chosen for c in ch for f in c["features"]]
+    return sum(f >= d_sae for f in steps) / max(len(steps), 1)
 
 
 # ------------------------------------------------------------------------------------------------ settings

@@ -257,11 +257,13 @@ def seed_spread(table_sweep: pd.DataFrame) -> dict[str, pd.DataFrame]:
 def summary(quality: pd.DataFrame, default_layer: int, tasks: pd.DataFrame, concept_table: pd.DataFrame | None,
             retrained: bool, d_sae: int, n_tasks: int, mcqa_split: pd.DataFrame | None = None,
             sweep: pd.DataFrame | None = None, by_pos: pd.DataFrame | None = None,
-            recipe: SAETrainConfig | None = None) -> dict:
+            recipe: SAETrainConfig | None = None, probes: pd.DataFrame | None = None) -> dict:
     """Notebook 01's metrics: the default-layer SAE's quality (``quality``: :func:`layer_quality`), its largest
     task drop (``tasks``: :func:`suite_task_accuracy`), concept detection (``concept_table``), per-layer values
     ``layer{L}_*``, and where measured the multiple-choice split, the recipe sweep (``sweep_<variant>_*``,
-    ``seeds_*``) and the knowledge source at the answer position. ``recipe`` adds ``training_tokens``."""
+    ``seeds_*``) and the knowledge source at the answer position. ``recipe`` adds ``training_tokens``; ``probes``
+    (:func:`steerlab.evals.concepts.sparse_probe_table`) adds ``sparse_probe_k<k>_mean`` over concepts and
+    ``sparse_probe_k<k>_<concept>``."""
     q = quality.loc[default_layer]
     worst = tasks["drop"].idxmax()
     metrics = {m: q[m] for m in ("explained_variance", "ce_loss_recovered", "dead_fraction", "dense_fraction",
@@ -275,6 +277,10 @@ def summary(quality: pd.DataFrame, default_layer: int, tasks: pd.DataFrame, conc
         metrics.update({"concepts_detected_fraction": concepts.detected_fraction(concept_table),
                         "n_concepts": len(concept_table)})
         metrics.update({f"{c}_auroc": a for c, a in concept_table["auroc"].items()})
+    if probes is not None:
+        for col in [c for c in probes.columns if c.startswith("k") and c[1:].isdigit()]:
+            metrics[f"sparse_probe_{col}_mean"] = float(probes[col].mean())
+            metrics.update({f"sparse_probe_{col}_{c}": float(a) for c, a in probes[col].items()})
     if mcqa_split is not None:
         metrics.update({f"mcqa_{h.split()[0]}_acc_drop": float(r["drop"]) for h, r in mcqa_split.iterrows()})
     if sweep is not None and len(sweep):

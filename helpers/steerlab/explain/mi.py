@@ -361,24 +361,3 @@ def side_by_side(expls: dict[str, Explanations], features: Sequence[int], n: int
                       index=pd.Index(list(features), name="feature"))
     return df if info is None else info.loc[list(features)].join(df)
 
-
-def browser(expls: dict[str, Explanations], features: Sequence[int], n: int = 10, info=None):
-    """An ipywidgets feature browser: pick a feature, see each method's words side by side (with scores)."""
-    import ipywidgets as widgets
-
-    pick = widgets.Dropdown(options=list(features), description="feature")
-    out = widgets.HTML()
-
-    def show(change=None) -> None:
-        c = pick.value
-        cols = []
-        for name, ex in expls.items():
-            cells = "".join(f"<tr><td>{w}</td><td>{s:.3g}</td></tr>"
-                            for w, s in zip(ex.words_of(c, n), ex.scores[c, :n].tolist()))
-            cols.append(f"<td style='vertical-align:top;padding:0 12px'><b>{name}</b><table>{cells}</table></td>")
-        head = "" if info is None else "<p>" + ", ".join(f"{k}: {v}" for k, v in info.loc[c].items()) + "</p>"
-        out.value = head + "<table><tr>" + "".join(cols) + "</tr></table>"
-
-    pick.observe(show, names="value")
-    show()
-    return widgets.VBox([pick, out])
