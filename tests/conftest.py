@@ -1,6 +1,9 @@
 """Shared fixtures: the shipped tinyworld model (loaded once) and a fixed RNG."""
 
 import os
+
+os.environ.setdefault("STEERLAB_CELL_TIMEOUT", "900")  # a kernel that stops answering fails its test
+
 import random
 
 import pytest

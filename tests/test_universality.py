@@ -22,7 +22,7 @@ def tiny(tmp_path_factory):
 
 
 def _policy(saes, model, layer=1, seed=0):
-    cfg = control.ControlConfig(layers=(layer,), d_model=32, d_sae=16, d_hidden=8, coef=5.0, mask="all")
+    cfg = control.ControlConfig(layers=(layer,), d_model=32, d_sae=16, d_hidden=8, coef=5.0, mask="all", noop=True)
     pol = control.new_policy(cfg, saes[layer], model, seed=seed)
     torch.nn.init.normal_(pol.heads[str(layer)][-1].weight)  # a non-uniform policy
     return pol

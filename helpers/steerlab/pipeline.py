@@ -32,6 +32,7 @@ import difflib
 import html
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -276,6 +277,13 @@ def _replace(running: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def _cell_timeout() -> int | None:
+    """Seconds a cell may run (``STEERLAB_CELL_TIMEOUT``; unset: no limit). The test suite sets it so that a
+    kernel that stops answering fails its notebook instead of blocking the run."""
+    v = os.environ.get("STEERLAB_CELL_TIMEOUT", "")
+    return int(v) if v.strip() else None
+
+
 def execute(notebook: Path, profile: str, spec: dict[str, dict], kernel: str = "python3", *,
             runs_root: Path | None = None) -> Path:
     """Run one notebook (any path) with papermill and return the executed notebook, ``<root>/<profile>/<stem>/
@@ -298,7 +306,8 @@ def execute(notebook: Path, profile: str, spec: dict[str, dict], kernel: str = "
     running.mkdir(parents=True)
     try:
         pm.execute_notebook(str(notebook), str(running / notebook.name), parameters=parameters,
-                            kernel_name=kernel, cwd=str(REPO_ROOT), progress_bar=False, log_output=False)
+                            kernel_name=kernel, cwd=str(REPO_ROOT), progress_bar=False, log_output=False,
+                            execution_timeout=_cell_timeout())
     except BaseException as e:
         if failed.exists():
             shutil.rmtree(failed)
