@@ -426,10 +426,10 @@ def _metrics_html(profile: str, stem: str, metrics: dict[str, Any]) -> str:
 
 
 def headline(metrics: dict[str, Any], n: int = HEADLINE_KEYS) -> dict[str, Any]:
-    """At most ``n`` metrics: those named by the ``headline`` list when the notebook wrote one, else the first."""
-    keys = metrics.get("headline")
-    keys = [k for k in keys if k in metrics] if isinstance(keys, list) else [k for k in metrics if k != "headline"]
-    return {k: metrics[k] for k in keys[:n]}
+    """:func:`steerlab.report.headline` (imported here lazily: ``steerlab.report`` loads the model package)."""
+    from steerlab import report
+
+    return report.headline(metrics, n)
 
 
 def _fmt(v: Any) -> str:

@@ -165,6 +165,13 @@ def notebook_rows(notebook: str, metrics: dict[str, Any], profile: str = "defaul
             if r["notebook"] == notebook]
 
 
+def headline(metrics: dict[str, Any], n: int = 10) -> dict[str, Any]:
+    """At most ``n`` metrics: those named by the ``headline`` list when the notebook wrote one, else the first."""
+    keys = metrics.get("headline")
+    keys = [k for k in keys if k in metrics] if isinstance(keys, list) else [k for k in metrics if k != "headline"]
+    return {k: metrics[k] for k in keys[:n]}
+
+
 def headline_table(notebook: str, metrics: dict[str, Any], profile: str = "default", extra: int = 6,
                    targets: Path = TARGETS_FILE):
     """A notebook's closing table, for a reader: its target rows (figure, key, target, measured, met or missed)
@@ -174,9 +181,7 @@ def headline_table(notebook: str, metrics: dict[str, Any], profile: str = "defau
 
     rows = notebook_rows(notebook, metrics, profile, targets)
     seen = {r.key for r in rows}
-    keys = metrics.get("headline")
-    keys = [k for k in keys if k in metrics] if isinstance(keys, list) else list(metrics)
-    more = [k for k in keys if k not in seen and k != "headline" and not isinstance(metrics[k], (list, dict))]
+    more = [k for k, v in headline(metrics, len(metrics)).items() if k not in seen and not isinstance(v, (list, dict))]
     table = [(r.label, r.key, target_text(r), fmt(r.measured), r.status) for r in rows]
     table += [(k, k, "–", fmt(metrics[k]), "") for k in more[:extra]]
     return pd.DataFrame(table, columns=["figure", "key", "target", "measured", ""]).set_index("figure")

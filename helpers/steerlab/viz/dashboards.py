@@ -232,7 +232,7 @@ def activation_histogram(acts: Float[Tensor, "batch pos d_sae"], feature: int, a
 _BOX = "display:inline-block;white-space:pre;border:1px solid;margin:0 1px 1px 0;padding:0 1px;line-height:1.3;"
 
 
-def _visible(token: str) -> str:
+def visible_token(token: str) -> str:
     """A token as shown: newlines and tabs as visible marks; spaces stay (the token's box shows them)."""
     return token.replace("\n", "\u21b5").replace("\t", "\u2192")
 
@@ -249,7 +249,7 @@ def tokens_html(tokens: Sequence[str], values: Sequence[float], max_value: float
     lo, hi = (0, len(tokens)) if peak is None else (max(0, peak - window[0]), min(len(tokens), peak + window[1] + 1))
     spans = [f"<span title='{_html.escape(repr(t))}: {v:.3g}' style='{_BOX}border-color:"
              f"{'#c05621' if i == peak else '#e2e8f0'};background:rgba(237,137,54,"
-             f"{min(max(v, 0.0) / vmax, 1.0) if vmax > 0 else 0.0:.3f})'>{_html.escape(_visible(t))}</span>"
+             f"{min(max(v, 0.0) / vmax, 1.0) if vmax > 0 else 0.0:.3f})'>{_html.escape(visible_token(t))}</span>"
              for i, (t, v) in enumerate(zip(tokens[lo:hi], values[lo:hi]), lo)]
     return (f"<div style='margin:2px 0'>{'&hellip;' if lo > 0 else ''}{''.join(spans)}"
             f"{'&hellip;' if hi < len(tokens) else ''}</div>")
@@ -283,7 +283,7 @@ def histogram_svg(values: Tensor, bins: int = 24, width: int = 280, height: int 
 
 def _chips(title: str, pairs: Sequence[tuple[str, float]], colour: str) -> str:
     chips = "".join(f"<span style='white-space:nowrap;margin-right:6px'><span title='{_html.escape(repr(t))}' "
-                    f"style='{_BOX}border-color:#e2e8f0;background:{colour}'>{_html.escape(_visible(t))}</span>"
+                    f"style='{_BOX}border-color:#e2e8f0;background:{colour}'>{_html.escape(visible_token(t))}</span>"
                     f"<small>{v:+.2f}</small></span> " for t, v in pairs)
     return f"<div style='margin:4px 0'><b>{title}</b><br>{chips}</div>"
 

@@ -38,6 +38,7 @@ from typing import Mapping, NamedTuple, Sequence
 import networkx as nx
 
 from steerlab.viz._graph_view_assets import SCRIPT as _SCRIPT, STYLE as _STYLE
+from steerlab.viz.dashboards import visible_token
 
 R, STEP, PER_LINE = 5, 14, 6  # node radius, distance between nodes of a cell, nodes per line of a cell
 LEFT, TOP, BOTTOM, COL_MIN, ROW_MIN = 48, 14, 72, 20, 44  # margins, narrowest column and lowest row (viewBox units)
@@ -191,11 +192,6 @@ def layout(G: nx.DiGraph, nodes=None) -> Layout:
 
 
 # ----------------------------------------------------------------------------------------------- text
-def _visible(token: str) -> str:
-    """A token as shown: newlines and tabs as visible marks (spaces stay spaces; boxes make them visible)."""
-    return token.replace("\n", "\u21b5").replace("\t", "\u2192")
-
-
 def spaced_tokens(tokens: Sequence[str], prompt: str) -> list[str]:
     """``tokens`` with the whitespace that precedes each in ``prompt`` (tokens decoded one by one lose it: a word-level
     or sentencepiece tokenizer decodes ``" how"`` as ``"how"``); tokens not found in order (``<bos>``) stay as they
@@ -273,7 +269,7 @@ def _svg(G: nx.DiGraph, lv: Level, k: int, tokens: list[str], rows: Mapping[int,
     out += [f"<text x='4' y='{y + 4:.1f}' font-size='11'>{name}</text>" for name, y in zip(names, lay.row_y)]
     base = lay.height - BOTTOM + 10
     for p, t in enumerate(tokens):
-        label = _visible(t.strip()) or _visible(t) or "\u2423"
+        label = visible_token(t.strip()) or visible_token(t) or "\u2423"
         label = label if len(label) <= 12 else label[:11] + "\u2026"
         out.append(f"<text class='col' x='{lay.col_x[p]:.1f}' y='{base:.1f}' font-size='9' text-anchor='end' "
                    f"transform='rotate(-55 {lay.col_x[p]:.1f} {base:.1f})'><title>{p}: {html.escape(repr(t))}"
