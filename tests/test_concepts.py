@@ -179,3 +179,21 @@ def test_sparse_probe_table_on_the_shipped_sae_has_every_concept():
     assert {"k1", "k5"} <= set(table.columns) and len(table) == len(C.world_concepts(world, n=24))
     assert ((table["k1"] >= 0) & (table["k1"] <= 1)).all()
     assert table["k5"].mean() >= table["k1"].mean() - 0.05  # five latents do not do worse than one
+
+
+def test_sparse_probe_table_leaves_out_a_concept_that_cannot_be_split_by_prompt():
+    """One prompt holds every positive: no held-out split exists, so its row is NaN and the mean skips it."""
+    class OneTopicPrompt:
+        def topic_texts(self, n, seed):
+            from steerlab.tasks.base import Example
+            words = list(TOPICS["music"])
+            return [Example(task="topic", prompt="text : " + " ".join(words[i:i + 4]), answer="",
+                            meta={"topic": "a" if i == 0 else "b"}) for i in range(6)]
+
+        def topics(self):
+            return {"a": [], "b": []}
+
+    model, _ = models.load_tinyworld()
+    sae = S.load_sae("tinyworld", layer=2)
+    table = C.sparse_probe_table(model, sae, OneTopicPrompt(), ks=(1,))
+    assert table["k1"].isna().all()  # topic:a has one positive prompt, topic:b one negative prompt

@@ -330,10 +330,16 @@ def sparse_probe(acts: torch.Tensor, labels, groups, ks=PROBE_KS, test_frac: flo
 
 def sparse_probe_table(model, sae, world, n: int = 200, ks=PROBE_KS, seed: int = 0) -> pd.DataFrame:
     """Held-out k-sparse probe accuracy (:func:`sparse_probe`, the SAE's own sparse code) for every concept of
-    ``world`` (see :func:`concepts_of`): one row per concept, columns ``kind`` and ``k1``, ``k2``, ``k5`` ..."""
+    ``world`` (see :func:`concepts_of`): one row per concept, columns ``kind`` and ``k1``, ``k2``, ``k5`` ...
+    A concept with fewer than two prompts holding a positive, or two without, cannot be split by prompt: its row is
+    NaN (left out of a column's mean), as on a small real-model smoke run."""
     check_fits(model, sae)
     rows = []
     for c in concepts_of(model, world, n):
+        pos = {p for (p, _), y in zip(c.items, c.labels) if y}
+        if len(pos) < 2 or len({p for p, _ in c.items} - pos) < 2:
+            rows.append({"concept": c.name, "kind": c.kind, **{f"k{k}": float("nan") for k in ks}})
+            continue
         acts = feature_activations(model, sae, c.items, pre_topk=False)
         accs = sparse_probe(acts, c.labels, [p for p, _ in c.items], ks, seed=seed)
         rows.append({"concept": c.name, "kind": c.kind, **{f"k{k}": a for k, a in accs.items()}})
