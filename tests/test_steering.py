@@ -348,3 +348,55 @@ def test_cad_contrasts_every_generated_step(tinyworld, rng):
     free = {e.prompt: o.prompt for e, o in zip(examples, other)}
     assert decoding.cad(model, examples, lambda e: free[e.prompt], -1.0) == decoding.greedy(model, other)
     assert decoding.cad(model, examples, lambda e: free[e.prompt], 0.0) == decoding.greedy(model, examples)
+
+
+# ---------------------------------------------------------------------------------------------- random controls
+def test_edit_norms_are_each_vector_methods_push_worked_by_hand():
+    """SPARE's hand case (above): toward context h' - h = [3.5, 6, 1] (norm sqrt(49.25)), toward memory
+    [-0.5, -1, 0] (norm sqrt(1.25)); mean difference v = [1, -1, 2] at strength 2: 2 sqrt(6) both ways; the learned
+    pair uses its negative vector [0, 1, 0] toward memory: 2."""
+    sae = hand_sae()
+    fit = spare.SpareFit("h", np.zeros(2), [0], [1], torch.tensor([2.0]), torch.tensor([0.5]), 0.1)
+    v = torch.tensor([1.0, -1.0, 2.0])
+    methods = {"none": steering.from_registry(registry.build("none", None)),
+               "spare": steering.from_registry(registry.build("spare", None, {"h": sae}, fits=[fit]), 2.0),
+               "meandiff": steering.from_registry(registry.build("meandiff", None, hook_name="h", vector=v), 2.0),
+               "learned": steering.from_registry(registry.build("learned", None, hook_name="h", vector=v,
+                                                                negative=torch.tensor([0.0, 1.0, 0.0])), 2.0)}
+    norms = steering.edit_norms(methods, {"h": X[0, 1:2]})
+    assert set(norms) == {"spare", "meandiff", "learned"}  # none has no vector
+    assert norms["spare"]["h"] == pytest.approx((49.25 ** 0.5, 1.25 ** 0.5), rel=1e-5)
+    assert norms["meandiff"]["h"] == pytest.approx((2 * 6 ** 0.5, 2 * 6 ** 0.5), rel=1e-5)
+    assert norms["learned"]["h"] == pytest.approx((2 * 6 ** 0.5, 2.0), rel=1e-5)
+
+
+def test_random_direction_edit_has_the_matched_norm_one_direction_per_seed_and_only_the_last_position():
+    x = torch.randn(1, 4, 8)
+    norms = {"h": (3.0, 0.5)}
+    d = {t: apply(steering.random_direction_hooks(norms, 8, seed=1, toward=t), x) - x for t in ("context", "memory")}
+    assert torch.equal(d["context"][0, :3], torch.zeros(3, 8))  # only the last prompt position moves
+    assert float(d["context"][0, 3].norm()) == pytest.approx(3.0, rel=1e-5)
+    assert float(d["memory"][0, 3].norm()) == pytest.approx(0.5, rel=1e-5)
+    cos = torch.nn.functional.cosine_similarity(d["context"][0, 3], d["memory"][0, 3], dim=0)
+    assert float(cos) == pytest.approx(-1.0, abs=1e-5)  # one direction, pushed both ways
+    same = apply(steering.random_direction_hooks(norms, 8, seed=1, toward="context"), x) - x
+    other = apply(steering.random_direction_hooks(norms, 8, seed=2, toward="context"), x) - x
+    assert torch.equal(same, d["context"]) and not torch.allclose(other, d["context"])
+
+
+def test_random_control_table_is_none_at_zero_norm_and_breaks_answers_at_a_huge_one(tinyworld, rng):
+    model, world = tinyworld
+    conflict = [world.open_book(rng, "report", True) for _ in range(24)]
+    control = [world.closed_book(rng) for _ in range(12)]
+    base = steering.method_table({"none": steering.hook_method(model, lambda t: [])}, conflict, control)
+    assert base.loc["none", ["other_c", "other_m"]].max() <= 0.2  # the model answers with one of the two values
+    hook = "blocks.2.hook_resid_post"
+    t = steering.random_control_table(model, {"spare": {hook: (0.0, 0.0)}, "meandiff": {hook: (1e4, 1e4)}},
+                                      conflict, control, [0, 1], base)
+    assert list(t.index) == ["random", "random_meandiff"]
+    assert t.loc["random", "em_c"] == base.loc["none", "em_c"] and t.loc["random", "em_c_sd"] == 0
+    assert t.loc["random", "side_effect_drop"] == 0
+    assert t.loc["random_meandiff", ["other_c", "other_m"]].min() > 0.5  # a push of 1e4 breaks the output
+    assert t.loc["random_meandiff", "side_effect_drop"] > 0.5
+    with pytest.raises(ValueError, match="seed"):
+        steering.random_control_table(model, {"spare": {hook: (1.0, 1.0)}}, conflict, control, [], base)

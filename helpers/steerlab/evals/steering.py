@@ -127,8 +127,13 @@ def conflict_sets(suite, n_fit: int, n_select: int, n_eval: int, seed: int = 0) 
 
 # ---------------------------------------------------------------------------------------------- methods
 def from_registry(method: registry.SteeringMethod, strength: float = 1.0) -> Method:
-    """A registry method as a :data:`Method`: ``+strength`` toward context, ``-strength`` toward memory."""
-    return lambda examples, toward: method.answer(examples, _sign(toward) * strength)
+    """A registry method as a :data:`Method`: ``+strength`` toward context, ``-strength`` toward memory (the
+    registry method and strength stay readable as ``.method`` and ``.strength``, for :func:`edit_norms`)."""
+    def answers(examples: Sequence, toward: str) -> list[str]:
+        return method.answer(examples, _sign(toward) * strength)
+
+    answers.method, answers.strength = method, strength
+    return answers
 
 
 def hook_method(model, build: Callable[[str], list[hooks.Hook]]) -> Method:
@@ -191,26 +196,112 @@ def comparison_methods(model, suite, saes: Mapping[str, object], labels: spare.C
     return methods
 
 
+def _score(method: Method, conflict: Sequence, control: Sequence) -> dict[str, float]:
+    """EM_C, EM_M, the share of answers that are neither value in each direction (``other_c`` toward context,
+    ``other_m`` toward memory) and the control accuracy in each direction."""
+    row = {}
+    for toward, key in (("context", "c"), ("memory", "m")):
+        em = conflict_em(conflict, method(conflict, toward))
+        row[f"em_{key}"] = em[0] if key == "c" else em[1]
+        row[f"other_{key}"] = 1.0 - em[0] - em[1]  # context and memory values differ on a conflict prompt
+        answers = method(control, toward)
+        row[f"control_acc_{toward}"] = sum(bool(e.score(a)) for e, a in zip(control, answers)) / max(len(control), 1)
+    return row
+
+
 def method_table(methods: Mapping[str, Method], conflict: Sequence, control: Sequence) -> pd.DataFrame:
-    """One row per method: ``em_c``, ``em_m``, control accuracy per direction and ``side_effect_drop``.
+    """One row per method: ``em_c``, ``em_m``, ``other_c`` / ``other_m`` (answers that are neither the context
+    nor the memory value, toward context / memory: a method that wins by breaking the output shows here), control
+    accuracy per direction and ``side_effect_drop``.
 
     ``control`` are non-conflict prompts; the drop is measured against the unsteered model, i.e. the method named
     ``none``, which must be present.
     """
     if "none" not in methods:
         raise ValueError("methods must include 'none' (the unsteered model) as the side-effect reference")
-    rows = []
-    for name, method in methods.items():
-        em_c = conflict_em(conflict, method(conflict, "context"))[0]
-        em_m = conflict_em(conflict, method(conflict, "memory"))[1]
-        acc = {t: sum(bool(e.score(a)) for e, a in zip(control, method(control, t))) / max(len(control), 1)
-               for t in ("context", "memory")}
-        rows.append({"method": name, "em_c": em_c, "em_m": em_m, "control_acc_context": acc["context"],
-                     "control_acc_memory": acc["memory"]})
-    df = pd.DataFrame(rows).set_index("method")
+    df = pd.DataFrame([{"method": name, **_score(m, conflict, control)} for name, m in methods.items()])
+    df = df.set_index("method")
     base = df.loc["none", ["control_acc_context", "control_acc_memory"]].mean()
     df["side_effect_drop"] = base - df[["control_acc_context", "control_acc_memory"]].min(axis=1)
     return df
+
+
+# ---------------------------------------------------------------------------------------------- random controls
+EditNorms = Mapping[str, tuple[float, float]]  # hook name -> (edit norm toward context, toward memory)
+
+
+def spare_edit_norms(fits: Sequence, saes: Mapping[str, object], hidden: Mapping[str, Tensor],
+                     alpha: float) -> dict[str, tuple[float, float]]:
+    """Mean L2 norm of SPARE's edit ``||h' - h||`` at each fitted layer, toward context and toward memory, over
+    ``hidden`` (the fit prompts' unedited last-position residuals)."""
+    out = {}
+    for fit in fits:
+        h = hidden[fit.hook_name].float()[:, None, :]
+        norms = []
+        for toward in ("context", "memory"):
+            with torch.no_grad():
+                delta = spare.edit_function(fit, saes[fit.hook_name], alpha, toward)(h) - h
+            norms.append(float(delta.norm(dim=-1).mean()))
+        out[fit.hook_name] = (norms[0], norms[1])
+    return out
+
+
+def edit_norms(methods: Mapping[str, Method], hidden: Mapping[str, Tensor]) -> dict[str, dict[str, tuple[float, float]]]:
+    """The edit norms of every residual-vector method of ``methods`` (registry kinds ``vector``: ActAdd, mean
+    difference, learned; ``spare``: :func:`spare_edit_norms` on ``hidden``), by method name; other methods
+    (none, ICL, CAD) have no vector and no entry."""
+    out = {}
+    for name, m in methods.items():
+        reg, strength = getattr(m, "method", None), getattr(m, "strength", 1.0)
+        if reg is None:
+            continue
+        if reg.kind == "vector":
+            c = reg.cfg
+            neg = c.vector if c.negative is None else c.negative
+            out[name] = {c.hook_name: (abs(strength) * float(c.vector.float().norm()),
+                                       abs(strength) * float(neg.float().norm()))}
+        elif reg.kind == "spare":
+            out[name] = spare_edit_norms(reg.cfg.fits, reg.saes, hidden, abs(strength))
+    return out
+
+
+def random_direction_hooks(norms: EditNorms, d_model: int, seed: int, toward: str,
+                           positions: str = "last_prompt") -> list[hooks.Hook]:
+    """The matched-norm random-direction control's edit: at each hook of ``norms`` one random unit direction
+    ``r`` (drawn from ``seed``, the same in both directions), added as ``+n_C r`` toward context and ``-n_M r``
+    toward memory, where ``n_C`` / ``n_M`` are the steered method's own edit norms there."""
+    gen = torch.Generator().manual_seed(int(seed))
+    out: list[hooks.Hook] = []
+    for h, (n_c, n_m) in norms.items():
+        r = torch.randn(d_model, generator=gen)
+        out += hooks.add_vector(h, r / r.norm(), n_c if _sign(toward) > 0 else -n_m, positions)
+    return out
+
+
+def random_direction_method(model, norms: EditNorms, seed: int, positions: str = "last_prompt") -> Method:
+    """:func:`random_direction_hooks` as a :data:`Method`. A method that beats this control moves answers by its
+    direction, not by the size of its push."""
+    return hook_method(model, lambda toward: random_direction_hooks(norms, model.cfg.d_model, seed, toward, positions))
+
+
+def random_control_table(model, norms: Mapping[str, EditNorms], conflict: Sequence, control: Sequence,
+                         seeds: Sequence[int], reference: pd.DataFrame) -> pd.DataFrame:
+    """Rows ``random_<method>`` (``random`` for ``spare``): :func:`method_table`'s columns averaged over ``seeds``
+    for the matched-norm random control of each method in ``norms`` (:func:`random_direction_method`), with the
+    spread over seeds (``em_c_sd``, ``em_m_sd``). ``reference`` is the method table whose ``none`` row gives the
+    side-effect baseline."""
+    if not seeds:
+        raise ValueError("random_control_table needs at least one seed")
+    base = reference.loc["none", ["control_acc_context", "control_acc_memory"]].mean()
+    rows = []
+    for name, n in norms.items():
+        per_seed = pd.DataFrame([_score(random_direction_method(model, n, s), conflict, control) for s in seeds])
+        row = per_seed.mean().to_dict()
+        row |= {"em_c_sd": float(per_seed.em_c.std(ddof=0)), "em_m_sd": float(per_seed.em_m.std(ddof=0)),
+                "n_seeds": len(seeds), "method": "random" if name == "spare" else f"random_{name}"}
+        row["side_effect_drop"] = base - min(row["control_acc_context"], row["control_acc_memory"])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
 
 
 def spare_sweep(model, labels: spare.ConflictLabels, hidden: Mapping[str, Tensor], saes: Mapping[str, object],
@@ -512,12 +603,16 @@ def defence_eval(model, hook_name: str, sae, features: Sequence[int], sets: Mapp
 def summary_metrics(table: pd.DataFrame, sweep: pd.DataFrame, labels: spare.ConflictLabels,
                     setting: Mapping[str, object], checks: Mapping[str, pd.DataFrame] | None = None,
                     defence: Mapping | None = None, n_defence: int = 0) -> dict:
-    """Notebook 03's headline metrics: EM_C / EM_M and side effect of every method of ``table``
-    (:func:`method_table`), the SPARE setting (``layers``, ``p``, ``alpha``, ``pick``) and sweep best, the fit
+    """Notebook 03's headline metrics: EM_C / EM_M, the share of other answers (``<m>_other_rate``, the mean of
+    both directions) and side effect of every method of ``table`` (:func:`method_table`, with the random-control
+    rows of :func:`random_control_table` appended when they ran), the SPARE setting (``layers``, ``p``, ``alpha``, ``pick``) and sweep best, the fit
     labels; tinyworld's mechanism checks (``checks``: ``patch``, ``attention``, ``ends``) and the defence
     (:func:`defence_eval`) when they ran (else their keys are absent)."""
     m = {f"{name}_{k}": float(table.loc[name, k]) for name in table.index for k in ("em_c", "em_m")}
     m |= {f"{name}_side_effect_drop": float(table.loc[name, "side_effect_drop"]) for name in table.index}
+    if "other_c" in table:
+        m |= {f"{name}_other_rate": float((table.loc[name, "other_c"] + table.loc[name, "other_m"]) / 2)
+              for name in table.index}
     m |= {"spare_layers": ",".join(map(str, setting["layers"])), "spare_p": float(setting["p"]),
           "spare_alpha": float(setting["alpha"]), "spare_pick": setting["pick"],
           "spare_sweep_best_em_c": float(sweep.em_c.max()), "spare_sweep_best_em_m": float(sweep.em_m.max()),
@@ -552,8 +647,11 @@ def summary_metrics(table: pd.DataFrame, sweep: pd.DataFrame, labels: spare.Conf
 
 def targets(metrics: Mapping) -> dict[str, bool]:
     """The notebook's targets, for those metrics that ran."""
-    out = {"spare_em_c >= 0.90": metrics["spare_em_c"] >= 0.9, "spare_em_m >= 0.90": metrics["spare_em_m"] >= 0.9,
-           "spare_side_effect_drop <= 0.02": metrics["spare_side_effect_drop"] <= 0.02}
+    out = {"spare_em_c >= 0.80": metrics["spare_em_c"] >= 0.8, "spare_em_m >= 0.80": metrics["spare_em_m"] >= 0.8,
+           "spare_side_effect_drop <= 0.05": metrics["spare_side_effect_drop"] <= 0.05}
+    if "random_em_c" in metrics:
+        out |= {"spare_em_c > random_em_c": metrics["spare_em_c"] > metrics["random_em_c"],
+                "spare_em_m > random_em_m": metrics["spare_em_m"] > metrics["random_em_m"]}
     if "asr_after" in metrics:
         out |= {"asr_after <= 0.2 asr_before": metrics["asr_after"] <= 0.2 * metrics["asr_before"],
                 "defence_benign_drop <= 0.02": metrics["defence_benign_drop"] <= 0.02}

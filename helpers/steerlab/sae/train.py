@@ -71,6 +71,8 @@ class SAETrainConfig:
     normalize_activations: str = "none"  # "none" or "expected_average_only_in": train on activations scaled to
     # mean norm sqrt(d_model), folded back into the saved weights (needed on real models' large residuals)
     b_dec_init: str = "zeros"  # "zeros" or "mean": start the decoder bias at the (scaled) activation mean
+    dead_feature_window: int = 1000  # SAELens: a latent unfired for this many steps is dead, and TopK's AuxK loss
+    # trains it on the residual error; with SAELens's default 1000 a run of fewer steps never revives a latent
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -79,7 +81,7 @@ class SAETrainConfig:
         if not self.layers:
             raise ValueError("SAETrainConfig.layers is empty: give at least one layer")
         for name in ("d_sae", "k", "training_tokens", "batch_tokens", "context_size", "n_batches_in_buffer",
-                     "store_batch_size_prompts", "log_every"):
+                     "store_batch_size_prompts", "log_every", "dead_feature_window"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SAETrainConfig.{name} must be positive (got {getattr(self, name)})")
         if self.k > self.d_sae:
@@ -317,6 +319,7 @@ def _train_one(model, acts: Float[Tensor, "n d_model"], layer: int, cfg: SAETrai
     trainer = SAETrainer(cfg=SAETrainerConfig(
         total_training_samples=cfg.training_tokens, train_batch_size_samples=cfg.batch_tokens, lr=cfg.lr,
         lr_end=cfg.lr / 10, lr_warm_up_steps=cfg.lr_warm_up_steps, device="cpu", n_checkpoints=0,
+        dead_feature_window=cfg.dead_feature_window,
         checkpoint_path=None, logger=LoggingConfig(log_to_wandb=False)),
         sae=sae, data_provider=_batches(acts, cfg.batch_tokens, cfg.seed + layer))
     scale = 1.0

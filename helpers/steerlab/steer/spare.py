@@ -179,15 +179,22 @@ def spare_hooks(fits: Sequence[SpareFit], saes: Mapping[str, object], alpha: flo
     """The SPARE edit at every fitted layer (``saes`` maps hook name -> SAE); ``toward`` is context|memory."""
     if toward not in ("context", "memory"):
         raise ValueError(f"toward must be 'context' or 'memory' (got {toward!r})")
-    alpha = hooks.check_strength(alpha, "alpha")
     out: list[hooks.Hook] = []
     for fit in fits:
-        sae = saes[fit.hook_name]
-        up, w_up, down, w_down = ((fit.context_features, fit.w_context, fit.memory_features, fit.w_memory)
-                                  if toward == "context" else
-                                  (fit.memory_features, fit.w_memory, fit.context_features, fit.w_context))
-        out += hooks.edit_hook(fit.hook_name, _spare_edit(sae, up, alpha * w_up, down, alpha * w_down), positions)
+        out += hooks.edit_hook(fit.hook_name, edit_function(fit, saes[fit.hook_name], alpha, toward), positions)
     return out
+
+
+def edit_function(fit: SpareFit, sae, alpha: float, toward: str = "context"):
+    """SPARE's edit at one fitted layer as a function ``h -> h'`` of residual vectors ``[batch, pos, d_model]``
+    (what :func:`spare_hooks` applies at the selected positions)."""
+    if toward not in ("context", "memory"):
+        raise ValueError(f"toward must be 'context' or 'memory' (got {toward!r})")
+    alpha = hooks.check_strength(alpha, "alpha")
+    up, w_up, down, w_down = ((fit.context_features, fit.w_context, fit.memory_features, fit.w_memory)
+                              if toward == "context" else
+                              (fit.memory_features, fit.w_memory, fit.context_features, fit.w_context))
+    return _spare_edit(sae, up, alpha * w_up, down, alpha * w_down)
 
 
 def _spare_edit(sae, up: list[int], target_up: Tensor, down: list[int], target_down: Tensor):
