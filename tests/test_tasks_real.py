@@ -222,3 +222,15 @@ def test_the_option_letter_a_is_not_normalised_away():
 
     assert normalize_answer("A") == "a" and normalize_answer("The Nile") == "nile"
     assert exact_match(" A", ["A"]) and not exact_match(" the", ["A"]) and not exact_match("", ["A"])
+
+
+def test_data_stats_count_the_shipped_facts_and_the_corpus_tokens(suite):
+    """The figures notebook 00 reports on a real model: written facts, the kept share, and corpus tokens counted
+    by the tokenizer it is given (here one token per word, so the count is the corpus's word count)."""
+    words = lambda texts, add_special_tokens=False: {"input_ids": [t.split() for t in texts]}
+    s = suite.data_stats(words)
+    assert s["n_facts"] == len(suite.all_facts) and s["n_kept_facts"] == len(suite.kept_facts)
+    assert s["kept_fact_share"] == pytest.approx(len(suite.kept_facts) / len(suite.all_facts), abs=1e-3)
+    assert s["n_relations"] >= 8 and s["n_corpus_texts"] == len(suite.corpus_pool())
+    assert s["corpus_tokens"] == sum(len(t.split()) for t in suite.corpus_pool())
+    assert "corpus_tokens" not in suite.data_stats()  # no tokenizer, no token count

@@ -105,15 +105,15 @@ def _last_position_only(model: HookedTransformer) -> list:
 
 
 @torch.no_grad()
-def complete(model: HookedTransformer, prompts: Sequence[str], max_new_tokens: int = 16, fwd_hooks=(),
-             use_cache: bool = True, batch_size: int = 256, stop_at_eos: bool = True) -> list[str]:
-    """Greedy completions (the generated text only, decoded, up to the EOS token), in prompt order.
+def complete_ids(model: HookedTransformer, prompts: Sequence[str], max_new_tokens: int = 16, fwd_hooks=(),
+                 use_cache: bool = True, batch_size: int = 256, stop_at_eos: bool = True) -> list[list[int]]:
+    """Greedy completions as token ids (the generated tokens only, up to the EOS token), in prompt order.
 
     Uses ``HookedTransformer.generate``; with ``use_cache`` the KV cache is on and each hook sees one
     position per generated token, so hooks must steer every position they are given.
     """
     fwd_hooks = check_hooks(model, fwd_hooks)
-    out: list[str] = [""] * len(prompts)
+    out: list[list[int]] = [[] for _ in prompts]
     eos = model.tokenizer.eos_token_id
     for chunk, tokens in batches(model, prompts, batch_size, max_new_tokens):
         with model.hooks(fwd_hooks=[*fwd_hooks, *_last_position_only(model)]):
@@ -121,7 +121,41 @@ def complete(model: HookedTransformer, prompts: Sequence[str], max_new_tokens: i
                                  eos_token_id=eos, use_past_kv_cache=use_cache, verbose=False,
                                  padding_side="left")
         for row, i in zip(gen[:, tokens.shape[1]:].tolist(), chunk):
-            out[i] = decode(model, row[: row.index(eos)] if stop_at_eos and eos in row else row)
+            out[i] = row[: row.index(eos)] if stop_at_eos and eos in row else row
+    return out
+
+
+def complete(model: HookedTransformer, prompts: Sequence[str], max_new_tokens: int = 16, fwd_hooks=(),
+             use_cache: bool = True, batch_size: int = 256, stop_at_eos: bool = True) -> list[str]:
+    """Greedy completions (the generated text only, decoded, up to the EOS token), in prompt order
+    (:func:`complete_ids`, decoded)."""
+    ids = complete_ids(model, prompts, max_new_tokens, fwd_hooks, use_cache, batch_size, stop_at_eos)
+    return [decode(model, row) for row in ids]
+
+
+@torch.no_grad()
+def continuation_logprob(model: HookedTransformer, prompts: Sequence[str], continuations: Sequence[Sequence[int]],
+                         batch_size: int = 32) -> Float[Tensor, " batch"]:
+    """Mean ``log p(token | prompt, earlier tokens)`` per continuation token (ids, e.g. :func:`complete_ids`)
+    under ``model`` as it is (no hooks), teacher-forced; NaN for an empty continuation. A steered generation's
+    fluency, scored by the unsteered model. Sequences are right-padded into batches: a causal model's logits at
+    a position never see the padding after it."""
+    out = torch.full((len(prompts),), float("nan"))
+    rows = [(i, to_tokens(model, [p])[0].tolist(), list(c)) for i, (p, c) in enumerate(zip(prompts, continuations))
+            if len(c)]
+    pad = model.tokenizer.pad_token_id or 0
+    longest = max((len(p) + len(c) for _, p, c in rows), default=1)
+    batch_size = max(1, min(batch_size, int(2e8 // (longest * model.cfg.d_vocab))))  # logits under ~800 MB
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s: s + batch_size]
+        width = max(len(p) + len(c) for _, p, c in chunk)
+        tokens = torch.full((len(chunk), width), pad, dtype=torch.long)
+        for j, (_, p, c) in enumerate(chunk):
+            tokens[j, : len(p) + len(c)] = torch.tensor(p + c)
+        logp = model(tokens.to(model.cfg.device)).float().log_softmax(-1).cpu()
+        for j, (i, p, c) in enumerate(chunk):
+            pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)
+            out[i] = logp[j, pos, torch.tensor(c)].mean()
     return out
 
 

@@ -106,7 +106,9 @@ def suite_behaviour(model: HookedTransformer, suite, n: int = 200, seed: int = 1
 def summary(model: HookedTransformer, suite, result: BehaviourResult, training: dict | None = None,
             retrained: bool = False) -> dict:
     """Notebook 00's metrics: the behaviour table, the model's size and, for tinyworld, its world and training
-    (``training``: the checkpoint's ``training.json``; keys ``train_seconds``, ``n_entities``, ``vocab_size``)."""
+    (``training``: the checkpoint's ``training.json``; keys ``train_seconds``, ``n_entities``, ``vocab_size``);
+    for another suite its data figures (``suite.data_stats``: a real suite's ``kept_fact_share``, ``n_facts``,
+    ``corpus_tokens``)."""
     metrics = {**result.table}
     world = getattr(suite, "world", None)
     if world is not None:
@@ -116,7 +118,8 @@ def summary(model: HookedTransformer, suite, result: BehaviourResult, training: 
     else:
         metrics.update({"model_name": model.cfg.model_name, "n_layers": model.cfg.n_layers,
                         "d_model": model.cfg.d_model, "vocab_size": model.cfg.d_vocab,
-                        "skipped": ", ".join(sorted(result.skipped))})
+                        "skipped": ", ".join(sorted(result.skipped)),
+                        **suite.data_stats(getattr(model, "tokenizer", None))})
     metrics["n_params"] = sum(p.numel() for p in model.parameters())
     return metrics
 

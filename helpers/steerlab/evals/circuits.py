@@ -487,7 +487,7 @@ def graph_prompts(suite, n: int, seed: int = 0) -> tuple[Example, dict[str, list
     """The prompts notebook 05 builds graphs for: one conflict prompt to look at, and ``n`` prompts per task for the
     faithfulness check. tinyworld (a suite with a ``world``): a ``report`` conflict, then conflicts of every source
     and multiple choice (``{"conflict", "mcqa"}``), drawn from one RNG in that order. Another suite: a conflict of
-    its ``eval`` split, then ``{"conflict", "facts"}`` (conflicts and closed-book facts)."""
+    its ``eval`` split, then ``{"conflict", "fact"}`` (conflicts and closed-book facts: ``faithfulness_fact``)."""
     world = getattr(suite, "world", None)
     if world is not None:
         rng = random.Random(seed)
@@ -495,4 +495,4 @@ def graph_prompts(suite, n: int, seed: int = 0) -> tuple[Example, dict[str, list
         conflict = [world.open_book(rng, rng.choice(["trusted", "rumor", "report"]), True) for _ in range(n)]
         return ex, {"conflict": conflict, "mcqa": [world.mcqa(rng) for _ in range(n)]}
     first = suite.conflicts(n + 1, seed=seed)
-    return first[0], {"conflict": first[1:], "facts": suite.facts(n, seed=seed)}
+    return first[0], {"conflict": first[1:], "fact": suite.facts(n, seed=seed)}

@@ -155,12 +155,12 @@ def method_completions(model, examples: Sequence[Example], saes, policy: control
                        fixed: tuple[int, int], coef: float, tuned=None,
                        variants: Mapping[str, control.ControlPolicy] | None = None) -> dict[str, list[str]]:
     """Greedy completions of: the frozen model (``base``), the best fixed single feature ``fixed = (layer,
-    feature)`` (``fixed``), CRL (``crl``), each policy of ``variants`` under its name (notebook 04:
+    feature)`` (``fixed_feature``), CRL (``crl``), each policy of ``variants`` under its name (notebook 04:
     ``{"crl_noop": p}``, the variant with a no-op action) and, when given, the RLVR-tuned LM (``rlvr``)."""
     saes = control._as_dict(saes, policy.cfg.layers) if not isinstance(saes, dict) else saes
     runs = {"base": answers(model, examples)}
     if fixed is not None:
-        runs["fixed"] = answers(model, examples, fwd_hooks=control.feature_hooks(saes[fixed[0]], *fixed, coef))
+        runs["fixed_feature"] = answers(model, examples, fwd_hooks=control.feature_hooks(saes[fixed[0]], *fixed, coef))
     runs["crl"] = answers(model, examples, policy, saes)
     for name, other in (variants or {}).items():
         runs[name] = answers(model, examples, other, saes)

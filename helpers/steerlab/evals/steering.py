@@ -610,6 +610,9 @@ def summary_metrics(table: pd.DataFrame, sweep: pd.DataFrame, labels: spare.Conf
     (:func:`defence_eval`) when they ran (else their keys are absent)."""
     m = {f"{name}_{k}": float(table.loc[name, k]) for name in table.index for k in ("em_c", "em_m")}
     m |= {f"{name}_side_effect_drop": float(table.loc[name, "side_effect_drop"]) for name in table.index}
+    if "em_c_sd" in table:  # the random controls' spread over seeds
+        m |= {f"{name}_{k}_sd": float(table.loc[name, f"{k}_sd"]) for name in table.index
+              if np.isfinite(table.loc[name, "em_c_sd"]) for k in ("em_c", "em_m")}
     if "other_c" in table:
         m |= {f"{name}_other_rate": float((table.loc[name, "other_c"] + table.loc[name, "other_m"]) / 2)
               for name in table.index}

@@ -112,6 +112,11 @@ class TaskSuite:
         """Multi-token tasks with a verifiable answer (``meta['result']``), e.g. arithmetic."""
         return None
 
+    def data_stats(self, tokenizer=None) -> dict[str, float]:
+        """Figures about the suite's data for notebook 00's metrics (e.g. how many facts, corpus tokens counted
+        with ``tokenizer``); empty when the suite has none to report."""
+        return {}
+
     def provides(self, what: str) -> bool:
         """Whether the suite provides ``what`` (a method name above)."""
         try:

@@ -177,6 +177,19 @@ class RealSuite(TaskSuite):
         """``{topic: {"words": [...], "sentences": [...]}}`` from ``topics.json``."""
         return json.loads((self.data_dir / "topics.json").read_text(encoding="utf-8"))
 
+    def data_stats(self, tokenizer=None) -> dict[str, float]:
+        """``n_facts`` (written), ``n_kept_facts``, ``kept_fact_share`` (the kept filter's own measured share,
+        ``facts_kept.json``; NaN before it is built), ``n_relations``, ``n_corpus_texts`` and, with a tokenizer,
+        ``corpus_tokens``: the tokens of every text :meth:`texts` draws from, without BOS."""
+        kept = json.loads((self.data_dir / "facts_kept.json").read_text(encoding="utf-8")) if self.kept_ids else {}
+        pool = self.corpus_pool()
+        out = {"n_facts": len(self.all_facts), "n_kept_facts": len(self.kept_facts) if self.kept_ids else 0,
+               "kept_fact_share": float(kept.get("kept_share", float("nan"))),
+               "n_relations": len({f.relation for f in self.all_facts}), "n_corpus_texts": len(pool)}
+        if tokenizer is not None:
+            out["corpus_tokens"] = sum(len(ids) for ids in tokenizer(pool, add_special_tokens=False)["input_ids"])
+        return out
+
     # ---- prompts ----------------------------------------------------------------------------------------------
     def closed_book(self, fact: Fact, demos: list[Fact]) -> Example:
         """The closed-book example of ``fact`` after the demonstrations ``demos`` (same relation)."""
