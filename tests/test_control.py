@@ -249,3 +249,20 @@ def test_the_batched_fixed_feature_search_equals_one_candidate_at_a_time(tiny):
         best, accs = rl_eval.search_fixed_feature(model, saes[1], 1, examples, 5.0, feats, record, max_floats)
         assert seen == [c for f in feats for c in one[f]]  # scored in candidate order, prompt order
         assert accs == ref and best == max(ref, key=ref.get)
+
+
+def test_oracle_accuracy_is_the_share_any_candidate_answers_and_bounds_the_best_fixed_feature(tiny):
+    """The oracle counts a prompt when at least one candidate answers it; so it is at least every candidate's
+    accuracy, and per prompt it is the OR of the candidates' correctness computed one candidate at a time."""
+    model, world, saes = tiny
+    rng = __import__("random").Random(3)
+    examples = [world.mcqa(rng) for _ in range(6)] + [world.closed_book(rng) for _ in range(6)]
+    feats = [0, 3, 5, 9, 15]
+    one = {f: rl_eval.answers(model, examples, fwd_hooks=control.feature_hooks(saes[1], 1, f, 5.0)) for f in feats}
+    ok = [[rl_eval.score(e, c) > 0 for e, c in zip(examples, one[f])] for f in feats]
+    want = sum(any(col) for col in zip(*ok)) / len(examples)
+    oracle = rl_eval.oracle_accuracy(model, saes[1], 1, examples, 5.0, feats)
+    assert oracle == pytest.approx(want)
+    _, accs = rl_eval.search_fixed_feature(model, saes[1], 1, examples, 5.0, feats)
+    assert oracle >= max(accs.values())
+    assert rl_eval.oracle_accuracy(model, saes[1], 1, examples, 5.0, feats[:1]) == pytest.approx(accs[0])

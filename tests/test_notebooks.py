@@ -28,8 +28,21 @@ def test_notebook_runs_at_smoke_size(profile, notebook):
     if PROFILES[profile] == "default":
         assert committed.is_file(), f"results/default has no metrics for {notebook.stem}: run `make results`"
     if committed.is_file():
-        missing = set(json.loads(committed.read_text())) - set(metrics)
+        keys = set(json.loads(committed.read_text()))
+        if PROFILES[profile] != "default":  # a smoke run skips the full run's costly extras (RLVR, the learned
+            # ceiling on Gemma): it must write the keys of that profile's target rows, and those their targets name
+            keys &= _target_keys(PROFILES[profile], notebook.stem)
+        missing = keys - set(metrics)
         assert not missing, f"{profile} run of {notebook.stem} lacks metric keys {sorted(missing)}"
+
+
+def _target_keys(profile: str, stem: str) -> set[str]:
+    import re
+
+    from steerlab import report
+
+    rows = [r for r in report.load_targets().get(profile, []) if r["notebook"] == stem]
+    return {r["key"] for r in rows} | {w for r in rows for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", r["target"] or "")}
 
 
 def test_notebooks_are_committed_without_outputs_and_have_one_parameters_cell():

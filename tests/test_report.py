@@ -54,8 +54,8 @@ def test_a_notebooks_closing_table_has_its_targets_then_its_headline_figures(tmp
 
 
 def test_figures_are_rounded_for_a_reader():
-    assert [report.fmt(v) for v in (0.123456, 406.43, 1000.0, 3, None, True)] == \
-        ["0.123", "406", "1000", "3", "–", "yes"]
+    assert [report.fmt(v) for v in (0.123456, 406.43, 1000.0, 3, None, True, 2360.9, 615076.0, -5.55e-17, 0.0371)] == \
+        ["0.123", "406", "1000", "3", "–", "yes", "2361", "615076", "0", "0.0371"]
 
 
 def test_the_committed_readme_table_is_the_generated_one():

@@ -196,7 +196,8 @@ def target_text(r: Row) -> str:
 
 
 def fmt(v: Any) -> str:
-    """A figure as a reader wants it: 3 significant digits, integers as integers, None as a dash."""
+    """A figure as a reader wants it: 3 significant digits (1000 and above as whole numbers, below 1e-12 as 0),
+    integers as integers, None as a dash."""
     if v is None:
         return "–"
     if isinstance(v, bool):
@@ -206,6 +207,10 @@ def fmt(v: Any) -> str:
     if isinstance(v, float):
         if not math.isfinite(v):
             return str(v)
+        if abs(v) < 1e-12:  # a difference of shares that is zero up to float rounding
+            return "0"
+        if abs(v) >= 1000:  # seconds, token counts: whole numbers
+            return str(round(v))
         if v == int(v) and abs(v) >= 10:
             return str(int(v))
         return f"{v:.3g}"

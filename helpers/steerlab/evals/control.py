@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -81,11 +82,35 @@ def search_fixed_feature(model, sae, layer: int, examples: Sequence[Example], co
     position of every call, as :func:`steerlab.control.feature_hooks` adds it) maximises the mean ``reward_fn`` on
     ``examples``. Returns ``(best feature, {feature: mean})`` (ties: the earlier candidate).
 
-    Candidates are searched together: a generation batch holds each prompt once per candidate of a chunk, that
-    row steered by its own candidate, so the search costs a few batched generations rather than one per
-    candidate. Chunks are sized so that a batch's activations stay near ``max_floats`` floats (thousands of rows
-    on tinyworld, tens on Gemma). Prompts of one batch share a length (or are left-padded on a rotary model), so
-    every row's last position is its own prompt's; greedy answers equal one-candidate runs (tested)."""
+    Candidates are searched together (:func:`fixed_feature_completions`), so the search costs a few batched
+    generations rather than one per candidate; greedy answers equal one-candidate runs (tested)."""
+    completions = fixed_feature_completions(model, sae, layer, examples, coef, features, max_floats)
+    accs = {f: accuracy_and_answers(examples, c, reward_fn)[0] for f, c in completions.items()}
+    return max(accs, key=accs.get), accs
+
+
+def oracle_accuracy(model, sae, layer: int, examples: Sequence[Example], coef: float,
+                    features: Sequence[int] | None = None, reward_fn: Callable[[Example, str], float] = score,
+                    max_floats: int = 2 ** 28) -> float:
+    """The headroom of a feature policy: the share of ``examples`` that at least one candidate feature, added as
+    :func:`search_fixed_feature` adds it (one feature for the whole episode), answers correctly. An oracle that
+    knows the gold answer picks that feature per prompt; a policy that picks per token could do better still, so
+    this is the headroom of one feature per prompt, and the best fixed feature is its one-feature-for-all floor."""
+    completions = fixed_feature_completions(model, sae, layer, examples, coef, features, max_floats)
+    ok = np.array([[reward_fn(e, c) > 0 for e, c in zip(examples, comp)] for comp in completions.values()])
+    return float(ok.any(axis=0).mean()) if ok.size else float("nan")
+
+
+def fixed_feature_completions(model, sae, layer: int, examples: Sequence[Example], coef: float,
+                              features: Sequence[int] | None = None, max_floats: int = 2 ** 28
+                              ) -> dict[int, list[str]]:
+    """Greedy completions of ``examples`` with each candidate feature added (``coef * W_dec[f]`` at the last
+    position of every call), ``{feature: completions}``.
+
+    A generation batch holds each prompt once per candidate of a chunk, that row steered by its own candidate.
+    Chunks are sized so that a batch's activations stay near ``max_floats`` floats (thousands of rows on
+    tinyworld, tens on Gemma). Prompts of one batch share a length (or are left-padded on a rotary model), so
+    every row's last position is its own prompt's."""
     from steerlab.core import run
     from steerlab.core.hooks import check_features, check_strength
 
@@ -115,8 +140,7 @@ def search_fixed_feature(model, sae, layer: int, examples: Sequence[Example], co
             for k, i in enumerate(rows):
                 for j, f in enumerate(chunk):
                     completions[f][i] = gen.completions[k * len(chunk) + j]
-    accs = {f: accuracy_and_answers(examples, completions[f], reward_fn)[0] for f in features}
-    return max(accs, key=accs.get), accs
+    return completions
 
 
 def frequent_features(model, sae, layer: int, examples: Sequence[Example], n: int) -> list[int]:

@@ -203,7 +203,8 @@ def _score(method: Method, conflict: Sequence, control: Sequence) -> dict[str, f
     for toward, key in (("context", "c"), ("memory", "m")):
         em = conflict_em(conflict, method(conflict, toward))
         row[f"em_{key}"] = em[0] if key == "c" else em[1]
-        row[f"other_{key}"] = 1.0 - em[0] - em[1]  # context and memory values differ on a conflict prompt
+        # context and memory values differ on a conflict prompt; rounded so that no answer left reads 0, not -1e-17
+        row[f"other_{key}"] = max(0.0, round(1.0 - em[0] - em[1], 12))
         answers = method(control, toward)
         row[f"control_acc_{toward}"] = sum(bool(e.score(a)) for e, a in zip(control, answers)) / max(len(control), 1)
     return row
