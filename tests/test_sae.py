@@ -242,3 +242,41 @@ def test_a_huge_bos_activation_does_not_move_explained_variance(tw):
     assert huge.explained_variance == pytest.approx(base.explained_variance, abs=1e-6)
     assert huge.n_tokens == base.n_tokens == by_pos.n_tokens
     assert by_pos.explained_variance > 0.5
+
+
+def test_splice_on_a_left_padded_batch_keeps_bos_and_padding_where_they_are():
+    """On a rotary model prompts of different lengths share a left-padded batch, so <bos> is not at position 0:
+    the splice keeps the clean residual at every <bos> and pad position that steerlab's run functions announce,
+    and the answers of a longer and a shorter prompt equal their unpadded one-prompt answers."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from steerlab.core import run
+    from steerlab.models.paths import DATA_DIR
+    from steerlab.models.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(DATA_DIR / "tinyworld" / "tokenizer")
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, d_head=4, n_heads=4, d_mlp=32, d_vocab=len(tok), n_ctx=32,
+                                  act_fn="gelu", normalization_type="RMS", positional_embedding_type="rotary",
+                                  rotary_dim=4, seed=0, default_prepend_bos=True)
+    model = HookedTransformer(cfg, tokenizer=tok)
+    assert run.pads_left(model)
+
+    class Zero:  # an "SAE" that reconstructs nothing: every spliced position becomes 0
+        cfg = type("C", (), {"metadata": type("M", (), {"hook_name": "blocks.0.hook_resid_post"})()})()
+
+        def __call__(self, x):
+            return torch.zeros_like(x)
+
+    prompts = ["question : the red ? answer :", "question : a ?"]
+    seen = []
+    hooks = S.splice_hooks(Zero()) + [("blocks.1.hook_resid_pre", lambda x, hook: seen.append(x.clone()))]
+    batched = run.last_token_logits(model, prompts, hooks)
+    x = seen[0]  # [2, pos], rows in the batch's order (shorter prompt first, left-padded)
+    tokens = run.batches(model, prompts, 8)[0][1]
+    special = run.special_mask(model, tokens)
+    assert special[0, :4].all() and not special[0, 4:].any()  # three pads, then <bos>, in the shorter row
+    assert special[1, 0] and special[1].sum() == 1
+    assert (x[special].abs().sum(-1) > 0).all()  # kept clean
+    assert (x[~special] == 0).all()  # spliced (zeros)
+    alone = torch.cat([run.last_token_logits(model, [p], hooks) for p in prompts])
+    assert torch.allclose(batched, alone, atol=1e-4)

@@ -40,10 +40,12 @@ model lacks is an error naming it and the closest names it has, not TransformerL
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import math
 import operator
-from typing import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -103,6 +105,32 @@ class PositionTracker:
         m = torch.zeros(n, dtype=torch.bool, device=device)
         m[a:b] = True
         return m
+
+
+_SPECIAL: contextvars.ContextVar[Tensor | None] = contextvars.ContextVar("steerlab_special_positions", default=None)
+
+
+@contextmanager
+def special_tokens_at(mask: Tensor | None) -> Iterator[None]:
+    """While steerlab's own run functions (:mod:`steerlab.core.run`) run a batch, ``mask`` (``[batch, prompt
+    positions]``, True at ``<bos>`` and padding) tells hooks where the prompt's special tokens are: on a left-padded
+    batch ``<bos>`` is not at position 0. Read with :func:`special_positions`."""
+    token = _SPECIAL.set(mask)
+    try:
+        yield
+    finally:
+        _SPECIAL.reset(token)
+
+
+def special_positions(n: int) -> Tensor | None:
+    """``[batch, n]`` True at the ``<bos>`` / padding positions of the pass in progress when a steerlab run
+    function announced them (:func:`special_tokens_at`): the prompt pass, or an uncached pass over the prompt and
+    the tokens generated so far (never special). ``None`` when unknown: a KV-cached step (``n`` = 1), or a call from
+    outside steerlab's run functions."""
+    mask = _SPECIAL.get()
+    if mask is None or n == 1 or n < mask.shape[1]:
+        return None
+    return torch.cat([mask, mask.new_zeros(mask.shape[0], n - mask.shape[1])], dim=1)
 
 
 class HookNameError(ValueError, KeyError):

@@ -18,7 +18,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from steerlab.core.hooks import check_hooks
+from steerlab.core.hooks import check_hooks, special_tokens_at
 
 
 def to_tokens(model: HookedTransformer, prompts: str | Sequence[str], extra: int = 0) -> Tensor:
@@ -47,6 +47,14 @@ def _groups_by_length(model: HookedTransformer, prompts: Sequence[str], extra: i
     for i, p in enumerate(prompts):
         groups[to_tokens(model, p, extra).shape[1]].append(i)
     return groups
+
+
+def special_mask(model: HookedTransformer, tokens: Tensor) -> Tensor:
+    """``[batch, pos]`` True where ``tokens`` hold ``<bos>`` or padding (what :func:`steerlab.core.hooks.
+    special_tokens_at` announces to hooks such as an SAE splice)."""
+    tok = model.tokenizer
+    ids = [i for i in (tok.bos_token_id, tok.pad_token_id) if i is not None]
+    return torch.isin(tokens.cpu(), torch.tensor(ids, dtype=tokens.dtype))
 
 
 def pads_left(model: HookedTransformer) -> bool:
@@ -78,7 +86,7 @@ def last_token_logits(model: HookedTransformer, prompts: Sequence[str], fwd_hook
     fwd_hooks = check_hooks(model, fwd_hooks)
     out = torch.empty(len(prompts), model.cfg.d_vocab)
     for chunk, tokens in batches(model, prompts, batch_size):
-        with model.hooks(fwd_hooks=list(fwd_hooks)):
+        with special_tokens_at(special_mask(model, tokens)), model.hooks(fwd_hooks=list(fwd_hooks)):
             logits = model(tokens, padding_side="left")[:, -1]
         out[chunk] = logits.float().cpu()
     return out
@@ -116,7 +124,8 @@ def complete_ids(model: HookedTransformer, prompts: Sequence[str], max_new_token
     out: list[list[int]] = [[] for _ in prompts]
     eos = model.tokenizer.eos_token_id
     for chunk, tokens in batches(model, prompts, batch_size, max_new_tokens):
-        with model.hooks(fwd_hooks=[*fwd_hooks, *_last_position_only(model)]):
+        with special_tokens_at(special_mask(model, tokens)), \
+                model.hooks(fwd_hooks=[*fwd_hooks, *_last_position_only(model)]):
             gen = model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=stop_at_eos,
                                  eos_token_id=eos, use_past_kv_cache=use_cache, verbose=False,
                                  padding_side="left")

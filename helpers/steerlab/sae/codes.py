@@ -12,9 +12,13 @@ from torch import Tensor
 def splice_hooks(sae, keep_bos: bool = True) -> list:
     """``[(hook_name, fn)]`` replacing the hook's activation by the SAE reconstruction.
 
-    With ``keep_bos`` position 0 of a multi-token pass (``<bos>``, never in the training activations) keeps
-    its clean value; a one-token pass (a KV-cached generation step) is always replaced.
+    With ``keep_bos`` the ``<bos>`` and padding positions of a multi-token pass (never in the training
+    activations) keep their clean values: where steerlab's run functions announce them
+    (:func:`steerlab.core.hooks.special_positions`; on a left-padded batch ``<bos>`` follows the padding),
+    else position 0. A one-token pass (a KV-cached generation step) is always replaced.
     """
+    from steerlab.core.hooks import special_positions
+
     hook = sae.cfg.metadata.hook_name
     if hook is None:
         raise ValueError("the SAE names no hook: set sae.cfg.metadata.hook_name")
@@ -22,7 +26,12 @@ def splice_hooks(sae, keep_bos: bool = True) -> list:
     def fn(x, hook=None):
         recon = sae(x).to(x.dtype)
         if keep_bos and x.shape[1] > 1:
-            recon[:, 0] = x[:, 0]
+            special = special_positions(x.shape[1])
+            if special is not None and special.shape[0] == x.shape[0]:
+                special = special.to(x.device)
+                recon[special] = x[special]
+            else:
+                recon[:, 0] = x[:, 0]
         return recon
 
     return [(hook, fn)]
