@@ -205,8 +205,11 @@ def _score(method: Method, conflict: Sequence, control: Sequence) -> dict[str, f
         row[f"em_{key}"] = em[0] if key == "c" else em[1]
         # context and memory values differ on a conflict prompt; rounded so that no answer left reads 0, not -1e-17
         row[f"other_{key}"] = max(0.0, round(1.0 - em[0] - em[1], 12))
-        answers = method(control, toward)
-        row[f"control_acc_{toward}"] = sum(bool(e.score(a)) for e, a in zip(control, answers)) / max(len(control), 1)
+        if control:  # no control prompts: no control accuracy (NaN), e.g. random controls scored on conflicts only
+            answers = method(control, toward)
+            row[f"control_acc_{toward}"] = sum(bool(e.score(a)) for e, a in zip(control, answers)) / len(control)
+        else:
+            row[f"control_acc_{toward}"] = float("nan")
     return row
 
 
@@ -290,7 +293,7 @@ def random_control_table(model, norms: Mapping[str, EditNorms], conflict: Sequen
     """Rows ``random_<method>`` (``random`` for ``spare``): :func:`method_table`'s columns averaged over ``seeds``
     for the matched-norm random control of each method in ``norms`` (:func:`random_direction_method`), with the
     spread over seeds (``em_c_sd``, ``em_m_sd``). ``reference`` is the method table whose ``none`` row gives the
-    side-effect baseline."""
+    side-effect baseline; with no ``control`` prompts the side effect is not measured (NaN)."""
     if not seeds:
         raise ValueError("random_control_table needs at least one seed")
     base = reference.loc["none", ["control_acc_context", "control_acc_memory"]].mean()
@@ -610,7 +613,8 @@ def summary_metrics(table: pd.DataFrame, sweep: pd.DataFrame, labels: spare.Conf
     labels; tinyworld's mechanism checks (``checks``: ``patch``, ``attention``, ``ends``) and the defence
     (:func:`defence_eval`) when they ran (else their keys are absent)."""
     m = {f"{name}_{k}": float(table.loc[name, k]) for name in table.index for k in ("em_c", "em_m")}
-    m |= {f"{name}_side_effect_drop": float(table.loc[name, "side_effect_drop"]) for name in table.index}
+    m |= {f"{name}_side_effect_drop": float(table.loc[name, "side_effect_drop"]) for name in table.index
+          if np.isfinite(table.loc[name, "side_effect_drop"])}
     if "em_c_sd" in table:  # the random controls' spread over seeds
         m |= {f"{name}_{k}_sd": float(table.loc[name, f"{k}_sd"]) for name in table.index
               if np.isfinite(table.loc[name, "em_c_sd"]) for k in ("em_c", "em_m")}
