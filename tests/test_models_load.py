@@ -191,6 +191,6 @@ def test_the_readme_python_tour_runs_as_written(gemma, monkeypatch, capsys):
     clean = run.complete(gemma, prompt, 12)
     exec(compile(code, "README.md", "exec"), {})
     words, steered = capsys.readouterr().out.strip().splitlines()
-    assert {"musical", "piano", "songs"} <= set(eval(words))  # what the comment in the tour says
-    assert "music" in eval(steered)[0] and "music" not in clean[0]
+    assert {"musical", "toy", "games"} <= set(eval(words))  # what the comment in the tour says
+    assert "children" in eval(steered)[0] and "children" not in clean[0] and "kids" in clean[0]
     assert not any(h.fwd_hooks for h in gemma.hook_dict.values()) and run.complete(gemma, prompt, 12) == clean

@@ -70,3 +70,18 @@ def test_topic_sweep_moves_text_onto_the_topic_and_scores_each_method(tinyworld)
         ts.mean_residual_norm(model, "blocks.2.attn.hook_z", ["text : the"])
     with pytest.raises(ValueError, match="unknown topic-steering"):
         ts.TopicSteeringConfig(methods=("amplify", "clamp"))
+
+
+def test_the_sweeps_pooled_topic_vector_is_topic_vector(tinyworld):
+    """topic_sweep pools the other topics' token sums instead of harvesting them again for every topic: the same
+    vector as topic_vector over the concatenated texts."""
+    model, _ = tinyworld
+    suite = load_suite("tinyworld")
+    hook = "blocks.2.hook_resid_post"
+    texts = {t: [e.prompt for e in suite.topic_texts(48, 0) if e.meta["topic"] == t][:4] for t in suite.topics()}
+    others = [x for t, ts in texts.items() if t != "music" for x in ts]
+    want = ts.topic_vector(model, hook, texts["music"], others)
+    acts = {t: ts._residuals(model, hook, x) for t, x in texts.items()}
+    got = acts["music"].mean(0) - torch.cat([a for t, a in acts.items() if t != "music"]).sum(0) / sum(
+        a.shape[0] for t, a in acts.items() if t != "music")
+    assert torch.allclose(got, want, atol=1e-5)

@@ -107,8 +107,8 @@ def summary(model: HookedTransformer, suite, result: BehaviourResult, training: 
             retrained: bool = False) -> dict:
     """Notebook 00's metrics: the behaviour table, the model's size and, for tinyworld, its world and training
     (``training``: the checkpoint's ``training.json``; keys ``train_seconds``, ``n_entities``, ``vocab_size``);
-    for another suite its data figures (``suite.data_stats``: a real suite's ``kept_fact_share``, ``n_facts``,
-    ``corpus_tokens``)."""
+    for another suite its data figures (``suite.data_stats``: a real suite's ``kept_fact_share``, ``n_facts`` (facts
+    written; the behaviour table's count of fact prompts asked is then ``n_facts_asked``), ``corpus_tokens``)."""
     metrics = {**result.table}
     world = getattr(suite, "world", None)
     if world is not None:
@@ -118,8 +118,11 @@ def summary(model: HookedTransformer, suite, result: BehaviourResult, training: 
     else:
         metrics.update({"model_name": model.cfg.model_name, "n_layers": model.cfg.n_layers,
                         "d_model": model.cfg.d_model, "vocab_size": model.cfg.d_vocab,
-                        "skipped": ", ".join(sorted(result.skipped)),
-                        **suite.data_stats(getattr(model, "tokenizer", None))})
+                        "skipped": ", ".join(sorted(result.skipped))})
+        stats = getattr(suite, "data_stats", lambda tokenizer=None: {})(getattr(model, "tokenizer", None))
+        if "n_facts" in stats and "n_facts" in metrics:  # facts written (the data) vs fact prompts asked (the table)
+            metrics["n_facts_asked"] = metrics.pop("n_facts")
+        metrics.update(stats)
     metrics["n_params"] = sum(p.numel() for p in model.parameters())
     return metrics
 

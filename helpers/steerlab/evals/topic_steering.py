@@ -152,15 +152,18 @@ def topic_sweep(model, sae, hook_name: str, suite, topic_features: Mapping[str, 
     vocab = suite.topics()
     texts = {t: [e.prompt for e in suite.topic_texts(4 * n_texts, seed) if e.meta.get("topic") == t][:n_texts]
              for t in vocab}
+    acts = {t: _residuals(model, hook_name, ts) for t, ts in texts.items() if ts}  # one harvest per topic
+    sums, counts = {t: a.sum(0) for t, a in acts.items()}, {t: a.shape[0] for t, a in acts.items()}
     norm = mean_residual_norm(model, hook_name, [x for ts in texts.values() for x in ts][: 2 * n_texts])
     sweep_rows, rows = [], []
     base_sel = {}
     for topic, feats in topic_features.items():
         S = list(feats)[: cfg.n_features]
-        if not S or not texts.get(topic):
+        if not S or topic not in acts or len(acts) < 2:
             continue
-        others = [x for t, ts in texts.items() if t != topic for x in ts]
-        v = topic_vector(model, hook_name, texts[topic], others)
+        # topic_vector(): this topic's mean residual minus the other topics' (pooled over their tokens)
+        others = [t for t in acts if t != topic]
+        v = sums[topic] / counts[topic] - sum(sums[t] for t in others) / sum(counts[t] for t in others)
         base_sel[topic] = measure(model, select, topic, vocab, (), cfg.max_new_tokens)
         chosen = {}
         for method in cfg.methods:

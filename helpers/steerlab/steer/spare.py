@@ -179,6 +179,7 @@ def spare_hooks(fits: Sequence[SpareFit], saes: Mapping[str, object], alpha: flo
     """The SPARE edit at every fitted layer (``saes`` maps hook name -> SAE); ``toward`` is context|memory."""
     if toward not in ("context", "memory"):
         raise ValueError(f"toward must be 'context' or 'memory' (got {toward!r})")
+    alpha = hooks.check_strength(alpha, "alpha")
     out: list[hooks.Hook] = []
     for fit in fits:
         out += hooks.edit_hook(fit.hook_name, edit_function(fit, saes[fit.hook_name], alpha, toward), positions)
