@@ -201,10 +201,10 @@ def precision_at_k(expl: Explanations, feature_concept: dict[int, str], lexicons
 
 def function_word_share(expl: Explanations, features: Sequence[int], function_words: Sequence[str],
                         k: int = 10) -> float:
-    """Share of function words among the top-``k`` explanation words of ``features``."""
+    """Share of function words among the top-``k`` explanation words of ``features`` (NaN for no features)."""
     fw = {_norm(w) for w in function_words}
     words = [_norm(w) for c in features for w in expl.words_of(c, k)]
-    return sum(w in fw for w in words) / max(len(words), 1)
+    return sum(w in fw for w in words) / len(words) if words else float("nan")  # no features: undefined, not 0
 
 
 def labels_for(model, sae, suite, cfg: ExplainConfig = ExplainConfig(), min_confidence: float = 0.3):
