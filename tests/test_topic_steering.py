@@ -81,7 +81,5 @@ def test_the_sweeps_pooled_topic_vector_is_topic_vector(tinyworld):
     texts = {t: [e.prompt for e in suite.topic_texts(48, 0) if e.meta["topic"] == t][:4] for t in suite.topics()}
     others = [x for t, ts in texts.items() if t != "music" for x in ts]
     want = ts.topic_vector(model, hook, texts["music"], others)
-    acts = {t: ts._residuals(model, hook, x) for t, x in texts.items()}
-    got = acts["music"].mean(0) - torch.cat([a for t, a in acts.items() if t != "music"]).sum(0) / sum(
-        a.shape[0] for t, a in acts.items() if t != "music")
+    got = ts.topic_vectors({t: ts._residuals(model, hook, x) for t, x in texts.items()})["music"]
     assert torch.allclose(got, want, atol=1e-5)

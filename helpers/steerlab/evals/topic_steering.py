@@ -113,6 +113,14 @@ def topic_vector(model, hook_name: str, texts_on: Sequence[str], texts_off: Sequ
     return _residuals(model, hook_name, texts_on).mean(0) - _residuals(model, hook_name, texts_off).mean(0)
 
 
+def topic_vectors(acts: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """:func:`topic_vector` for every topic at once from one harvest per topic (``acts``: topic -> residuals
+    ``[n_tokens, d_model]``): each topic's mean minus the mean over the other topics' tokens, pooled."""
+    sums, counts = {t: a.sum(0) for t, a in acts.items()}, {t: a.shape[0] for t, a in acts.items()}
+    total, n = sum(sums.values()), sum(counts.values())
+    return {t: sums[t] / counts[t] - (total - sums[t]) / (n - counts[t]) for t in acts if n > counts[t]}
+
+
 def mean_residual_norm(model, hook_name: str, texts: Sequence[str]) -> float:
     """Mean L2 norm of the residual at ``hook_name`` over the tokens of ``texts`` (BOS left out)."""
     return float(_residuals(model, hook_name, texts).norm(dim=-1).mean())
@@ -129,10 +137,11 @@ def _edit(method: str, hook_name: str, sae, S: Sequence[int], v: Tensor, strengt
 
 
 def measure(model, prompts: Sequence[str], topic: str, vocabularies: Mapping[str, Sequence[str]],
-            fwd_hooks=(), max_new_tokens: int = 12) -> dict:
+            fwd_hooks=(), max_new_tokens: int = 12, generate_from: Sequence[str] | None = None) -> dict:
     """Greedy generations from ``prompts`` under ``fwd_hooks``: ``topic_rate``, ``fluency`` (mean over
-    generations; an empty generation counts as not on topic and is left out of fluency) and the texts."""
-    ids = evaluate.complete_ids(model, prompts, max_new_tokens, fwd_hooks)
+    generations; an empty generation counts as not on topic and is left out of fluency) and the texts.
+    ``generate_from`` (prompting): generate from these prompts instead, and score fluency after ``prompts``."""
+    ids = evaluate.complete_ids(model, list(generate_from or prompts), max_new_tokens, fwd_hooks)
     texts = [evaluate.decode(model, row) for row in ids]
     flu = evaluate.continuation_logprob(model, prompts, ids)
     return {"topic_rate": float(np.mean([on_topic(t, topic, vocabularies) for t in texts])),
@@ -152,18 +161,15 @@ def topic_sweep(model, sae, hook_name: str, suite, topic_features: Mapping[str, 
     vocab = suite.topics()
     texts = {t: [e.prompt for e in suite.topic_texts(4 * n_texts, seed) if e.meta.get("topic") == t][:n_texts]
              for t in vocab}
-    acts = {t: _residuals(model, hook_name, ts) for t, ts in texts.items() if ts}  # one harvest per topic
-    sums, counts = {t: a.sum(0) for t, a in acts.items()}, {t: a.shape[0] for t, a in acts.items()}
+    vectors = topic_vectors({t: _residuals(model, hook_name, ts) for t, ts in texts.items() if ts})
     norm = mean_residual_norm(model, hook_name, [x for ts in texts.values() for x in ts][: 2 * n_texts])
     sweep_rows, rows = [], []
     base_sel = {}
     for topic, feats in topic_features.items():
         S = list(feats)[: cfg.n_features]
-        if not S or topic not in acts or len(acts) < 2:
+        if not S or topic not in vectors:
             continue
-        # topic_vector(): this topic's mean residual minus the other topics' (pooled over their tokens)
-        others = [t for t in acts if t != topic]
-        v = sums[topic] / counts[topic] - sum(sums[t] for t in others) / sum(counts[t] for t in others)
+        v = vectors[topic]
         base_sel[topic] = measure(model, select, topic, vocab, (), cfg.max_new_tokens)
         chosen = {}
         for method in cfg.methods:
@@ -178,15 +184,9 @@ def topic_sweep(model, sae, hook_name: str, suite, topic_features: Mapping[str, 
         evals = {"none": (0.0, ())} | {"prompting": (float("nan"), None)}
         evals |= {m: (s, _edit(m, hook_name, sae, S, v, s, norm)) for m, s in chosen.items()}
         for method, (s, fwd) in evals.items():
-            if fwd is None:  # prompting: the topic asked for in the prompt, scored on the generation only
-                prompts = [topic_prompt(suite, topic, p, seed) for p in evaluate_on]
-                ids = evaluate.complete_ids(model, prompts, cfg.max_new_tokens)
-                gen = [evaluate.decode(model, r) for r in ids]
-                flu = evaluate.continuation_logprob(model, list(evaluate_on), ids)  # fluency after the neutral prompt
-                m = {"topic_rate": float(np.mean([on_topic(t, topic, vocab) for t in gen])),
-                     "fluency": float(np.nanmean(flu.numpy())), "texts": gen}
-            else:
-                m = measure(model, evaluate_on, topic, vocab, fwd, cfg.max_new_tokens)
+            asked = [topic_prompt(suite, topic, p, seed) for p in evaluate_on] if fwd is None else None
+            # prompting: the topic asked for in the prompt, fluency scored after the neutral prompt
+            m = measure(model, evaluate_on, topic, vocab, fwd or (), cfg.max_new_tokens, generate_from=asked)
             rows.append({"topic": topic, "method": method, "strength": s, "topic_rate": m["topic_rate"],
                          "fluency": m["fluency"], "example": m["texts"][0] if m["texts"] else ""})
     return pd.DataFrame(sweep_rows), pd.DataFrame(rows)
