@@ -197,3 +197,21 @@ def test_sparse_probe_table_leaves_out_a_concept_that_cannot_be_split_by_prompt(
     sae = S.load_sae("tinyworld", layer=2)
     table = C.sparse_probe_table(model, sae, OneTopicPrompt(), ks=(1,))
     assert table["k1"].isna().all()  # topic:a has one positive prompt, topic:b one negative prompt
+
+
+def test_topic_concepts_share_one_harvest_and_match_the_per_concept_aurocs(monkeypatch):
+    """A real model's topic concepts read the same positions: one model pass for all of them, and the AUROCs equal
+    those of a harvest per concept."""
+    model, world = models.load_tinyworld()
+    suite = _TopicSuite(world)
+    sae = S.load_sae(layer=S.DEFAULT_LAYER)
+    cs = C.concepts_of(model, suite, n=12)
+    expected = {c.name: C.auroc_per_feature(C.feature_activations(model, sae, c.items, True), c.labels) for c in cs}
+    calls = []
+    real = C.feature_activations
+    monkeypatch.setattr(C, "feature_activations", lambda *a, **k: calls.append(1) or real(*a, **k))
+    aurocs = C.concept_aurocs(model, sae, suite, n=12)
+    assert len(calls) == 1 and len(cs) == 3
+    for name, au in expected.items():
+        assert aurocs.loc[name].to_numpy() == pytest.approx(au)
+    assert len(set(map(tuple, aurocs.to_numpy().round(6)))) == 3  # the labels still differ per topic

@@ -266,3 +266,79 @@ def test_oracle_accuracy_is_the_share_any_candidate_answers_and_bounds_the_best_
     _, accs = rl_eval.search_fixed_feature(model, saes[1], 1, examples, 5.0, feats)
     assert oracle >= max(accs.values())
     assert rl_eval.oracle_accuracy(model, saes[1], 1, examples, 5.0, feats[:1]) == pytest.approx(accs[0])
+
+
+def test_an_override_replaces_one_tokens_choice_and_nothing_before_it(tiny):
+    """override(layer, call, actions) swaps the feature of one call of one layer: that call adds the forced decoder
+    row, the calls before it are the unforced run's."""
+    model, _, saes = tiny
+    pol = control.new_policy(_cfg(layers=(0, 1), mask="all", coef=5.0), saes, model)
+    torch.nn.init.normal_(pol.heads["1"][-1].weight)
+    prompts = ["reason : 1 + 2 + 3 ="]
+    plain, forced = control.Trace(), control.Trace()
+    rl.generate(model, prompts, 4, control.policy_hooks(pol, saes, trace=plain))
+    free_choice = int(plain.steps[2 * 2 + 1]["action"].actions[0, 0])  # call 2 of layer 1 (layer order 0, 1)
+    f = (free_choice + 1) % 16
+    swap = lambda layer, call, actions: torch.tensor([[f]]) if (layer, call) == (1, 2) else None
+    rl.generate(model, prompts, 4, control.policy_hooks(pol, saes, trace=forced, override=swap))
+    assert int(forced.steps[5]["action"].actions[0, 0]) == f != free_choice
+    for a, b in zip(plain.steps[:5], forced.steps[:5]):  # steps 0, 1 and layer 0 of step 2: untouched
+        assert torch.equal(a["action"].actions, b["action"].actions)
+        torch.testing.assert_close(a["x"], b["x"])
+
+
+def _parity_reward(example, completion):  # a reward that the feature choice moves on a random tiny model
+    return float(sum(map(ord, completion)) % 2 == 0)
+
+
+def test_branch_points_equal_replaying_each_swap_alone(tiny):
+    """Every row's flips equal separate one-prompt replays with that token's choice swapped (the policy greedy
+    elsewhere); the reference replay reproduces the greedy episode; with coef 0 no choice matters: no branch point."""
+    import dataclasses
+
+    model, world, saes = tiny
+    rng = __import__("random").Random(0)
+    examples = [dataclasses.replace(world.reasoning(rng), max_new_tokens=6) for _ in range(3)]
+    pol = control.new_policy(_cfg(layers=(1,), mask="all", coef=50.0), saes, model)
+    torch.nn.init.normal_(pol.heads["1"][-1].weight)
+    pts = rl_eval.branch_points(model, pol, saes, examples, _parity_reward, n_alternatives=2)
+    trace = rl_eval.episode_trace(model, pol, saes, examples, _parity_reward)
+    assert len(pts) == len(trace) > len(examples)  # several generated tokens per episode
+    assert (pts.n_tried == 3).all()  # two next-ranked features and no steering
+    assert (pts.correct_replay == pts.correct).all()
+    states = [_states(model, pol, saes, e) for e in examples]
+    for _, row in pts.iterrows():
+        e = examples[row.example]
+        logits = pol.logits(1, *states[row.example][row.step])[0]
+        ranked = [int(f) for f in logits.argsort(descending=True) if int(f) != row.feature][:2]
+        flips = 0
+        for alt in ranked + [16]:
+            swap = lambda layer, call, a, alt=alt, step=row.step: torch.tensor([[alt]]) if call == step else None
+            c = rl.generate(model, [e.prompt], rl.tokens_for([e]), control.policy_hooks(pol, saes, override=swap))
+            flips += bool(_parity_reward(e, c.completions[0]) > 0) != bool(row.correct)
+        assert row.n_flips == flips
+    assert pts.branch.any() and not pts.branch.all()  # the comparison above is not vacuous
+    still = control.new_policy(_cfg(layers=(1,), mask="all", coef=0.0), saes, model)
+    torch.nn.init.normal_(still.heads["1"][-1].weight)
+    assert not rl_eval.branch_points(model, still, saes, examples, _parity_reward, 2).branch.any()
+    summary = rl_eval.branch_summary(pts)
+    assert summary.tokens.sum() == len(pts) and summary.branch_share.between(0, 1).all()
+
+
+def _states(model, pol, saes, example):
+    """The (x, cand) the greedy policy saw at each step of its one-layer episode on ``example``."""
+    trace = control.Trace()
+    rl.generate(model, [example.prompt], rl.tokens_for([example]), control.policy_hooks(pol, saes, trace=trace))
+    return [(s["x"], s["cand"]) for s in trace.steps]
+
+
+def test_critic_trajectories_split_values_by_outcome():
+    import pandas as pd
+
+    trace = pd.DataFrame({"example": [0, 0, 1, 1, 2], "step": [0, 1, 0, 1, 0], "layer": [3] * 5,
+                          "value": [0.9, 0.8, 0.1, 0.3, 0.5], "correct": [True, True, False, False, False]})
+    t = rl_eval.critic_trajectories(trace).set_index("step")
+    assert t.loc[0, "value_correct"] == pytest.approx(0.9) and t.loc[0, "value_wrong"] == pytest.approx(0.3)
+    assert t.loc[0, "gap"] == pytest.approx(0.6) and t.loc[0, "value_auroc"] == pytest.approx(1.0)
+    assert (t.loc[0, "n_correct"], t.loc[0, "n_wrong"]) == (1, 2)
+    assert t.loc[1, "value_auroc"] == pytest.approx(1.0) and t.loc[1, "gap"] == pytest.approx(0.5)

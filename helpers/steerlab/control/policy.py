@@ -39,7 +39,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -248,16 +248,23 @@ def _as_dict(saes, layers) -> dict:
 
 
 def policy_hooks(policy: ControlPolicy, saes, greedy: bool = True, trace: Trace | None = None,
-                 generator: torch.Generator | None = None) -> list[tuple[str, callable]]:
+                 generator: torch.Generator | None = None, override: Callable | None = None
+                 ) -> list[tuple[str, callable]]:
     """Hooks that let ``policy`` steer the model: ``[(blocks.{l}.hook_resid_post, fn)]`` for each layer.
 
     ``saes`` is a dict layer -> SAE (or one SAE for a one-layer policy). Each hook edits the last position of
     its input (the current token under the KV cache). ``greedy`` takes the policy's top-k; otherwise it
-    samples. Every call is appended to ``trace`` when one is given. Apply with ``model.hooks(fwd_hooks=...)``.
+    samples. Every call is appended to ``trace`` when one is given. ``override(layer, call, actions)``, when
+    given, may replace the chosen actions ``[batch, k]`` of the ``call``-th call of that layer's hook since the
+    hooks were made (in one batch of generation, call ``j`` is step ``j``) by returning new ones, or return None to
+    keep them: the branch-point analysis
+    (:func:`steerlab.evals.control.branch_points`) swaps one token's feature this way. Apply with
+    ``model.hooks(fwd_hooks=...)``.
     """
     cfg = policy.cfg
     saes = _as_dict(saes, cfg.layers)
     hooks = []
+    n_calls = {layer: 0 for layer in cfg.layers}
     for layer in cfg.layers:
         sae = saes[layer]
 
@@ -266,6 +273,11 @@ def policy_hooks(policy: ControlPolicy, saes, greedy: bool = True, trace: Trace 
             cand = candidates(sae, x, cfg.mask, cfg.noop, cfg.k)
             with torch.no_grad():
                 out = policy.act(layer, x, cand, greedy, generator)
+            call, n_calls[layer] = n_calls[layer], n_calls[layer] + 1
+            if override is not None:
+                new = override(layer, call, out.actions)
+                if new is not None:
+                    out = out._replace(actions=new.to(out.actions))
             if trace is not None:
                 trace.steps.append({"layer": layer, "x": x, "cand": cand, "action": out})
             resid = resid.clone()

@@ -178,23 +178,38 @@ def feature_activations(model, sae, items: list, pre_topk: bool = False, batch_s
     return out
 
 
-def auroc_per_feature(acts: torch.Tensor, labels) -> np.ndarray:
-    """AUROC of every feature (column of ``acts [n, d_sae]``) as a detector of ``labels`` (ties count 1/2)."""
+def auroc_per_feature(acts: torch.Tensor, labels, ranks: np.ndarray | None = None) -> np.ndarray:
+    """AUROC of every feature (column of ``acts [n, d_sae]``) as a detector of ``labels`` (ties count 1/2).
+    ``ranks``: ``rankdata(acts, axis=0)`` when already computed (they do not depend on the labels)."""
     y = np.asarray(labels, dtype=bool)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"a concept needs positive and negative examples (got {n_pos} and {n_neg})")
-    ranks = rankdata(acts.numpy(), axis=0)  # average ranks: ties count 1/2
+    if ranks is None:
+        ranks = rankdata(acts.numpy(), axis=0)  # average ranks: ties count 1/2
     return (ranks[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def concept_activations(model, sae, concepts: list, pre_topk: bool = False):
+    """``(concept, acts)`` for every concept, ``acts`` as :func:`feature_activations` gives them. Concepts that
+    share their ``(prompt, position)`` items (a real model's topic concepts: the same topic texts, labelled per
+    topic) share one harvest instead of running the model once per concept."""
+    key, acts = None, None
+    for c in concepts:
+        if c.items != key:
+            key, acts = c.items, feature_activations(model, sae, c.items, pre_topk)
+        yield c, acts
 
 
 def concept_aurocs(model, sae, world, n: int = 200, pre_topk: bool = True) -> pd.DataFrame:
     """AUROC matrix: one row per concept (index = concept name), one column per feature (``world``: a World or
     a suite, see :func:`concepts_of`)."""
     check_fits(model, sae)
-    rows = {}
-    for c in concepts_of(model, world, n):
-        rows[c.name] = auroc_per_feature(feature_activations(model, sae, c.items, pre_topk), c.labels)
+    rows, ranked = {}, (None, None)
+    for c, acts in concept_activations(model, sae, concepts_of(model, world, n), pre_topk):
+        if ranked[0] is not acts:  # ranks depend on the activations only: once per harvest
+            ranked = (acts, rankdata(acts.numpy(), axis=0))
+        rows[c.name] = auroc_per_feature(acts, c.labels, ranks=ranked[1])
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -335,12 +350,11 @@ def sparse_probe_table(model, sae, world, n: int = 200, ks=PROBE_KS, seed: int =
     NaN (left out of a column's mean), as on a small real-model smoke run."""
     check_fits(model, sae)
     rows = []
-    for c in concepts_of(model, world, n):
+    for c, acts in concept_activations(model, sae, concepts_of(model, world, n), pre_topk=False):
         pos = {p for (p, _), y in zip(c.items, c.labels) if y}
         if len(pos) < 2 or len({p for p, _ in c.items} - pos) < 2:
             rows.append({"concept": c.name, "kind": c.kind, **{f"k{k}": float("nan") for k in ks}})
             continue
-        acts = feature_activations(model, sae, c.items, pre_topk=False)
         accs = sparse_probe(acts, c.labels, [p for p, _ in c.items], ks, seed=seed)
         rows.append({"concept": c.name, "kind": c.kind, **{f"k{k}": a for k, a in accs.items()}})
     return pd.DataFrame(rows).set_index("concept")

@@ -6,6 +6,9 @@
   :func:`accuracy_and_answers`, :func:`agreement` (share of prompts where two methods commit to the same answer);
 * the fixed-feature baseline: :func:`frequent_features` (candidates) and :func:`search_fixed_feature`;
 * :func:`chosen_features` (which feature the greedy policy picks at every generated token and layer);
+* the CRL paper's analyses of a trained policy: :func:`episode_trace` (per token and layer: the choice, its
+  probability and the critic's value along greedy episodes), :func:`critic_trajectories` (the value by step, for
+  episodes that end right and wrong), :func:`branch_points` (tokens where the feature choice decides correctness);
 * :func:`train_or_load`: a control policy trained here or loaded from a shipped folder (refused unless its action
   space, SAEs and model match), with its training history;
 * :func:`compare_methods`: frozen model, best fixed feature, CRL (and its variants, e.g. with a no-op action) and
@@ -27,11 +30,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from steerlab import control
-from steerlab.control.rl import RLConfig, generate, tokens_for, train_control
+from steerlab.control.rl import RLConfig, generate, rollout, tokens_for, train_control
 from steerlab.core.text import answer_span
 
 Example = Any  # steerlab.tasks.base.Example (duck-typed: prompt, answer, task, meta, max_new_tokens, score)
@@ -175,13 +179,119 @@ def chosen_features(model, policy: control.ControlPolicy, saes, prompts: Sequenc
     return out
 
 
+def episode_trace(model, policy: control.ControlPolicy, saes, examples: Sequence[Example],
+                  reward_fn: Callable[[Example, str], float] = score) -> pd.DataFrame:
+    """The greedy policy's episodes on ``examples``, one row per (episode, generated token, controlled layer):
+    ``example`` (index into ``examples``), ``step``, ``layer``, ``token`` (the word generated at that step),
+    ``feature`` (the first chosen feature; ``d_sae`` is the no-op), ``p_feature`` (its probability under the
+    policy), ``n_candidates`` (features the adaptive mask allowed), ``value`` (the critic's estimate of the state)
+    and ``correct`` (the episode's reward > 0)."""
+    return _trace_table(model, policy, _greedy(model, policy, saes, examples, reward_fn))
+
+
+def _greedy(model, policy, saes, examples, reward_fn):
+    return rollout(model, policy, saes, examples, greedy=True, reward_fn=reward_fn)
+
+
+def _trace_table(model, policy, r) -> pd.DataFrame:
+    with torch.no_grad():
+        p = torch.zeros(len(r.layer))
+        for layer in policy.cfg.layers:
+            at = r.layer == layer
+            if bool(at.any()):
+                probs = policy.logits(layer, r.x[at], r.cand[at]).softmax(-1)
+                p[at] = probs.gather(-1, r.actions[at][:, :1]).squeeze(-1)
+    rows = []
+    for i in range(len(r.layer)):
+        ep, step = int(r.episode[i]), int(r.step[i])
+        toks = r.tokens[ep]
+        rows.append({"example": ep, "step": step, "layer": int(r.layer[i]),
+                     "token": model.tokenizer.decode([toks[step]]) if step < len(toks) else "<eos>",
+                     "feature": int(r.actions[i, 0]), "p_feature": float(p[i]),
+                     "n_candidates": int(r.cand[i, : policy.cfg.d_sae].sum()), "value": float(r.value[i]),
+                     "correct": bool(r.rewards[ep] > 0)})
+    return pd.DataFrame(rows, columns=["example", "step", "layer", "token", "feature", "p_feature", "n_candidates",
+                                       "value", "correct"])
+
+
+def critic_trajectories(trace: pd.DataFrame) -> pd.DataFrame:
+    """The critic's mean value at each generation step (first controlled layer), for the greedy episodes that end
+    right and those that end wrong (:func:`episode_trace`): columns ``step``, ``value_correct``, ``value_wrong``,
+    ``n_correct``, ``n_wrong``, ``gap`` (right minus wrong) and ``value_auroc`` (the AUROC of the value at that step
+    as a predictor of the episode's correctness; NaN when one side is empty). A critic that has learned the task
+    separates the two early: the gap opens at the step where the outcome is decided."""
+    from steerlab.evals.concepts import auroc_per_feature
+
+    t = trace[trace.layer == trace.layer.min()] if len(trace) else trace
+    rows = []
+    for step, g in t.groupby("step"):
+        right, wrong = g[g.correct], g[~g.correct]
+        au = (float(auroc_per_feature(torch.tensor(g.value.to_numpy())[:, None], g.correct.tolist())[0])
+              if len(right) and len(wrong) else float("nan"))
+        rows.append({"step": int(step), "value_correct": right.value.mean() if len(right) else float("nan"),
+                     "value_wrong": wrong.value.mean() if len(wrong) else float("nan"),
+                     "n_correct": len(right), "n_wrong": len(wrong), "value_auroc": au})
+    out = pd.DataFrame(rows, columns=["step", "value_correct", "value_wrong", "n_correct", "n_wrong", "value_auroc"])
+    out.insert(5, "gap", out.value_correct - out.value_wrong)
+    return out
+
+
+def branch_points(model, policy: control.ControlPolicy, saes, examples: Sequence[Example],
+                  reward_fn: Callable[[Example, str], float] = score, n_alternatives: int = 3) -> pd.DataFrame:
+    """Branch points of the greedy controller (the CRL paper's analysis): tokens where the feature choice decides
+    correctness.
+
+    Every (episode, step, layer) of :func:`episode_trace` is replayed as one batch of copies of its prompt: copy 0
+    keeps the policy's choice (the reference, in the same batch so that batching cannot move it), the others
+    replace that one choice by the policy's ``n_alternatives`` next-ranked candidates and by no steering (feature
+    ``d_sae``, unless that is the choice); the policy stays greedy at every other token and layer. Returns the
+    trace's rows with ``correct_replay`` (the reference's reward > 0), ``n_tried``, ``n_flips`` (replacements whose
+    correctness differs from the reference's), ``flip_share`` (``n_flips / n_tried``) and ``branch``
+    (``n_flips > 0``). Needs ``policy.cfg.k == 1`` (one feature per token, the paper's interpretable setting)."""
+    if policy.cfg.k != 1:
+        raise ValueError(f"branch_points swaps one feature per token: the policy adds k={policy.cfg.k} (use k=1)")
+    if n_alternatives < 1:
+        raise ValueError(f"n_alternatives must be >= 1 (got {n_alternatives})")
+    r = _greedy(model, policy, saes, examples, reward_fn)
+    d_sae, out = policy.cfg.d_sae, []
+    for i in range(len(r.layer)):
+        ep, step, layer, chosen = int(r.episode[i]), int(r.step[i]), int(r.layer[i]), int(r.actions[i, 0])
+        with torch.no_grad():
+            logits = policy.logits(layer, r.x[i: i + 1], r.cand[i: i + 1])[0]
+        ranked = [int(f) for f in logits.argsort(descending=True) if torch.isfinite(logits[f]) and int(f) != chosen]
+        choice = torch.tensor([chosen] + [f for f in ranked if f < d_sae][:n_alternatives]
+                              + ([d_sae] if chosen != d_sae else []))
+
+        def swap(l, call, actions, layer=layer, step=step, choice=choice):
+            return choice[:, None] if (l, call) == (layer, step) else None
+
+        g = generate(model, [examples[ep].prompt] * len(choice), tokens_for([examples[ep]]),
+                     control.policy_hooks(policy, saes, greedy=True, override=swap))
+        if list(g.calls[0][0]) != list(range(len(choice))):  # copy j must be batch row j for swap's row order
+            raise RuntimeError("branch_points: generate reordered the copies of one prompt")
+        right = [bool(reward_fn(examples[ep], c) > 0) for c in g.completions]
+        flips = sum(x != right[0] for x in right[1:])
+        out.append({"correct_replay": right[0], "n_tried": len(choice) - 1, "n_flips": flips,
+                    "flip_share": flips / max(len(choice) - 1, 1), "branch": flips > 0})
+    return pd.concat([_trace_table(model, policy, r), pd.DataFrame(out, index=range(len(out)))], axis=1)
+
+
+def branch_summary(points: pd.DataFrame) -> pd.DataFrame:
+    """Per generation step: ``tokens`` (steered tokens at that step), ``branch_share`` (share that are branch
+    points) and ``mean_flip_share``; the paper finds few branch points, where the answer is decided."""
+    if not len(points):
+        return pd.DataFrame(columns=["tokens", "branch_share", "mean_flip_share"])
+    return points.groupby("step").agg(tokens=("branch", "size"), branch_share=("branch", "mean"),
+                                      mean_flip_share=("flip_share", "mean"))
+
+
 def method_completions(model, examples: Sequence[Example], saes, policy: control.ControlPolicy,
                        fixed: tuple[int, int], coef: float, tuned=None,
                        variants: Mapping[str, control.ControlPolicy] | None = None) -> dict[str, list[str]]:
     """Greedy completions of: the frozen model (``base``), the best fixed single feature ``fixed = (layer,
     feature)`` (``fixed_feature``), CRL (``crl``), each policy of ``variants`` under its name (notebook 04:
     ``{"crl_noop": p}``, the variant with a no-op action) and, when given, the RLVR-tuned LM (``rlvr``)."""
-    saes = control._as_dict(saes, policy.cfg.layers) if not isinstance(saes, dict) else saes
+    saes = control.policy._as_dict(saes, policy.cfg.layers)
     runs = {"base": answers(model, examples)}
     if fixed is not None:
         runs["fixed_feature"] = answers(model, examples, fwd_hooks=control.feature_hooks(saes[fixed[0]], *fixed, coef))
