@@ -39,6 +39,7 @@ other suite.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -191,25 +192,22 @@ def auroc_per_feature(acts: torch.Tensor, labels, ranks: np.ndarray | None = Non
 
 
 def concept_activations(model, sae, concepts: list, pre_topk: bool = False):
-    """``(concept, acts)`` for every concept, ``acts`` as :func:`feature_activations` gives them. Concepts that
-    share their ``(prompt, position)`` items (a real model's topic concepts: the same topic texts, labelled per
-    topic) share one harvest instead of running the model once per concept."""
-    key, acts = None, None
-    for c in concepts:
-        if c.items != key:
-            key, acts = c.items, feature_activations(model, sae, c.items, pre_topk)
-        yield c, acts
+    """``(group, acts)`` for each run of consecutive concepts that share their ``(prompt, position)`` items (a real
+    model's topic concepts: the same topic texts, labelled per topic), ``acts`` as :func:`feature_activations` gives
+    them: one harvest per group instead of one model pass per concept."""
+    for _, group in itertools.groupby(concepts, key=lambda c: c.items):
+        group = list(group)
+        yield group, feature_activations(model, sae, group[0].items, pre_topk)
 
 
 def concept_aurocs(model, sae, world, n: int = 200, pre_topk: bool = True) -> pd.DataFrame:
     """AUROC matrix: one row per concept (index = concept name), one column per feature (``world``: a World or
     a suite, see :func:`concepts_of`)."""
     check_fits(model, sae)
-    rows, ranked = {}, (None, None)
-    for c, acts in concept_activations(model, sae, concepts_of(model, world, n), pre_topk):
-        if ranked[0] is not acts:  # ranks depend on the activations only: once per harvest
-            ranked = (acts, rankdata(acts.numpy(), axis=0))
-        rows[c.name] = auroc_per_feature(acts, c.labels, ranks=ranked[1])
+    rows = {}
+    for group, acts in concept_activations(model, sae, concepts_of(model, world, n), pre_topk):
+        ranks = rankdata(acts.numpy(), axis=0)  # they depend on the activations only: once per harvest
+        rows.update({c.name: auroc_per_feature(acts, c.labels, ranks=ranks) for c in group})
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -349,12 +347,18 @@ def sparse_probe_table(model, sae, world, n: int = 200, ks=PROBE_KS, seed: int =
     A concept with fewer than two prompts holding a positive, or two without, cannot be split by prompt: its row is
     NaN (left out of a column's mean), as on a small real-model smoke run."""
     check_fits(model, sae)
-    rows = []
-    for c, acts in concept_activations(model, sae, concepts_of(model, world, n), pre_topk=False):
-        pos = {p for (p, _), y in zip(c.items, c.labels) if y}
-        if len(pos) < 2 or len({p for p, _ in c.items} - pos) < 2:
-            rows.append({"concept": c.name, "kind": c.kind, **{f"k{k}": float("nan") for k in ks}})
-            continue
-        accs = sparse_probe(acts, c.labels, [p for p, _ in c.items], ks, seed=seed)
-        rows.append({"concept": c.name, "kind": c.kind, **{f"k{k}": a for k, a in accs.items()}})
+    concepts = concepts_of(model, world, n)
+    rows = {c.name: {"concept": c.name, "kind": c.kind, **{f"k{k}": float("nan") for k in ks}} for c in concepts}
+    splittable = [c for c in concepts if _splits_by_prompt(c)]
+    for group, acts in concept_activations(model, sae, splittable, pre_topk=False):
+        for c in group:
+            accs = sparse_probe(acts, c.labels, [p for p, _ in c.items], ks, seed=seed)
+            rows[c.name].update({f"k{k}": a for k, a in accs.items()})
+    return pd.DataFrame(list(rows.values())).set_index("concept")
+
+
+def _splits_by_prompt(c) -> bool:
+    """At least two prompts with a positive position and two without: the probe's held-out split is by prompt."""
+    pos = {p for (p, _), y in zip(c.items, c.labels) if y}
+    return len(pos) >= 2 and len({p for p, _ in c.items} - pos) >= 2
     return pd.DataFrame(rows).set_index("concept")

@@ -186,11 +186,7 @@ def episode_trace(model, policy: control.ControlPolicy, saes, examples: Sequence
     ``feature`` (the first chosen feature; ``d_sae`` is the no-op), ``p_feature`` (its probability under the
     policy), ``n_candidates`` (features the adaptive mask allowed), ``value`` (the critic's estimate of the state)
     and ``correct`` (the episode's reward > 0)."""
-    return _trace_table(model, policy, _greedy(model, policy, saes, examples, reward_fn))
-
-
-def _greedy(model, policy, saes, examples, reward_fn):
-    return rollout(model, policy, saes, examples, greedy=True, reward_fn=reward_fn)
+    return _trace_table(model, policy, rollout(model, policy, saes, examples, greedy=True, reward_fn=reward_fn))
 
 
 def _trace_table(model, policy, r) -> pd.DataFrame:
@@ -252,7 +248,7 @@ def branch_points(model, policy: control.ControlPolicy, saes, examples: Sequence
         raise ValueError(f"branch_points swaps one feature per token: the policy adds k={policy.cfg.k} (use k=1)")
     if n_alternatives < 1:
         raise ValueError(f"n_alternatives must be >= 1 (got {n_alternatives})")
-    r = _greedy(model, policy, saes, examples, reward_fn)
+    r = rollout(model, policy, saes, examples, greedy=True, reward_fn=reward_fn)
     d_sae, out = policy.cfg.d_sae, []
     for i in range(len(r.layer)):
         ep, step, layer, chosen = int(r.episode[i]), int(r.step[i]), int(r.layer[i]), int(r.actions[i, 0])
