@@ -56,6 +56,35 @@ def test_ranking_survives_underflow():
     assert ex.words_of(0) == ["a", "b", "c", "d"]
 
 
+def test_score_std_equals_the_table_std():
+    g = torch.Generator().manual_seed(1)
+    S_, E_ = torch.randn(31, 6, generator=g) * 5 + 1, torch.randn(13, 6, generator=g) + 0.5
+    want = (S_.double() @ E_.double().T).std(unbiased=False).item()
+    assert explain.score_std(S_, E_) == pytest.approx(want, rel=1e-9)
+
+
+def test_std_scale_makes_explanations_independent_of_the_final_norm_scale(tinyworld):
+    """Multiplying the final norm's weight by 10 multiplies every a(c, w) by 10: with scale="std" the words do not
+    move; in raw units the softmaxes sharpen and they do (so the scale is not a no-op)."""
+    from steerlab import sae as S
+    from steerlab.tasks import load_suite
+
+    model, _ = tinyworld
+    sae = S.load_sae("tinyworld", layer=S.DEFAULT_LAYER)
+    words = explain_eval.vocabulary(load_suite("tinyworld"))
+    cfgs = {"std": ExplainConfig(top_n=5), "raw": ExplainConfig(top_n=5, scale="raw")}
+    run = lambda name: explain.explain(model, sae, words, cfgs[name], progress=False).indices
+    before = {name: run(name) for name in cfgs}
+    w = model.ln_final.w.data.clone()
+    try:
+        model.ln_final.w.data.mul_(10.0)
+        after = {name: run(name) for name in cfgs}
+    finally:
+        model.ln_final.w.data.copy_(w)
+    assert (after["std"] == before["std"]).float().mean() > 0.99
+    assert (after["raw"] == before["raw"]).float().mean() < 0.9
+
+
 def released_explain(embeds, vocab, words, topK, alpha=1.0, beta=1.0):
     """The released MIExplainer.explain (JacksonWuxs/SteeringLLMs_with_MIExplanations, MI_explainer.py), line by
     line: the whole [features, words] matrix at once, Python's sort on (score, word, p, log p) tuples."""
@@ -99,6 +128,8 @@ def test_config_errors_say_what_to_fix():
         ExplainConfig(alpha=0)
     with pytest.raises(ValueError, match="rank must be one of"):
         ExplainConfig(rank="literal")
+    with pytest.raises(ValueError, match="scale must be one of"):
+        ExplainConfig(scale="unit")
     with pytest.raises(ValueError, match="embedding"):
         ExplainConfig(embedding="both")
     with pytest.raises(ValueError, match="d_model"):
@@ -249,3 +280,10 @@ def test_a_real_suite_explains_over_the_english_list():
     lex = explain_eval.default_lexicons(suite, words)
     assert lex["topic:music"] == ["guitar"] and not any(k.startswith("harmful:") for k in lex)
     assert "sorry" in lex["refusal"]
+
+
+def test_best_per_topic_takes_each_topics_strongest_feature():
+    truth = explain_eval.topic_truth({0: ("topic:music", 0.7), 1: ("topic:music", 0.9), 2: ("topic:sport", 0.6),
+                                      3: ("source", 0.99), 4: ("topic:sport", 0.55)}, min_auroc=0.95)
+    assert explain_eval.best_per_topic(truth) == {1: "topic:music", 2: "topic:sport"}
+    assert explain_eval.best_per_topic(truth[truth.concept == "source"]) == {}

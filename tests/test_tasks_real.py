@@ -190,17 +190,20 @@ def test_letter_a_is_not_matched_by_an_empty_answer():
 
 
 def test_reasoning_arithmetic(suite):
+    from steerlab.tasks.real import ADDEND_MAX
+
     exs = suite.reasoning(50, seed=0)
     for e in exs:
         a, b = e.meta["numbers"]
-        assert e.meta["result"] == a + b and e.answer == str(a + b)
-        blocks = _blocks(e.prompt)
-        assert len(blocks) == 4 and blocks[-1] == f"Q: {a} + {b} =\nA:"
-        for demo in blocks[:3]:
-            x, y, z = map(int, re.fullmatch(r"Q: (\d+) \+ (\d+) =\nA: (\d+)", demo).groups())
+        assert e.meta["result"] == a + b and e.answer == str(a + b) and 1 <= min(a, b) and max(a, b) <= ADDEND_MAX
+        lines = e.prompt.split("\n")
+        assert len(lines) == 4 and lines[-1] == f"{a} + {b} ="
+        for demo in lines[:3]:
+            x, y, z = map(int, re.fullmatch(r"(\d+) \+ (\d+) = (\d+)", demo).groups())
             assert x + y == z
-        assert e.score(f" {a + b}\n\nQ:") and not e.score(f" {a + b + 1}\n")
+        assert e.score(f" {a + b}\n1") and not e.score(f" {a + b + 1}\n")
     assert [e.prompt for e in exs] == [e.prompt for e in suite.reasoning(50, seed=0)]
+    assert len({e.prompt for e in exs}) > 40
 
 
 def test_provides_and_load_suite(suite):

@@ -108,6 +108,18 @@ def topic_truth(feature_concepts: dict[int, tuple[str, float]], min_auroc: float
     return pd.DataFrame(rows).set_index("feature", drop=False)
 
 
+def best_per_topic(truth: pd.DataFrame) -> dict[int, str]:
+    """``{feature: "topic:<t>"}``, one feature per topic: of the features whose best concept is that topic (a
+    :func:`topic_truth` table), the one with the highest AUROC, whatever its value. A truth that needs no threshold
+    and holds every topic once, for an SAE where few features pass ``min_auroc`` (Gemma 3 270M: one); SAEBench's
+    k = 1 probe picks one latent per concept the same way (its ranking is by mean difference)."""
+    topic = truth[truth.concept.str.startswith("topic:")]
+    if topic.empty:
+        return {}
+    best = topic.groupby("concept").auroc.idxmax()
+    return {int(f): str(c) for c, f in best.items()}
+
+
 # ---------------------------------------------------------------------------------------------- labeller
 REFUSAL_WORDS = ["sorry", "cannot", "unable", "apologize", "refuse", "decline"]
 SOURCE_WORDS = ["trusted", "rumor", "report", "says", "context", "checks", "confirm", "deny"]
@@ -351,13 +363,18 @@ def label_counts(labels) -> pd.Series:
 def summary_metrics(summaries: dict, gt: GroundTruth, sweep: pd.DataFrame, sae, layer: int, explain_seconds: float,
                     n_words: int, counts: pd.Series) -> dict:
     """Notebook 02's headline metrics. ``summaries``: :func:`score_methods` summaries under the headline truth
-    (``"truth"``), at discourse level (``"discourse"``) and under the other code (``"other"``)."""
+    (``"truth"``), at discourse level (``"discourse"``), under the other code (``"other"``) and, optionally, over
+    the best feature of each topic (``"best_per_topic"``, :func:`best_per_topic`)."""
     s, d, o = summaries["truth"], summaries["discourse"], summaries["other"]
     val = lambda df, m, k: float(df.loc[m, k]) if m in df.index else float("nan")
     keys = ("precision_at_10", "function_word_share")
     m = {f"{name}_{k}": val(s, name, k) for name in s.index for k in keys}
     m |= {f"{name}_{k}_discourse": val(d, name, k) for name in s.index for k in keys}
     m |= {f"{name}_{k}_{gt.other_code}_truth": val(o, name, k) for name in s.index for k in keys}
+    if "best_per_topic" in summaries:
+        b = summaries["best_per_topic"]
+        m |= {f"{name}_{k}_best_per_topic": val(b, name, k) for name in s.index for k in keys}
+        m["n_topic_features_best_per_topic"] = len(best_per_topic(gt.truth))
     m |= {"mi_minus_maxact_precision": m["mi_precision_at_10"] - m["maxact_precision_at_10"],
           "n_topic_features": len(gt.feature_topic), f"n_topic_features_{gt.other_code}_truth": len(gt.feature_topic_other),
           "truth_code": gt.truth_code, "mi_precision_at_10_sweep_max": float(sweep.precision_at_10.max()),

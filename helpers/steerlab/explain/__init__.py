@@ -6,8 +6,8 @@ arXiv 2502.15576) and the baselines beside them (max-activating tokens, the logi
 
 from steerlab.explain.mi import (EMBEDDINGS, ExplainConfig, Explanations, default_words, explain,
                                  feature_activations, feature_directions, logit_lens, max_activating, mi_explain,
-                                 mi_explain_naive, side_by_side, token_strings, word_embeddings, word_tokens)
+                                 mi_explain_naive, score_std, side_by_side, token_strings, word_embeddings, word_tokens)
 
 __all__ = ["EMBEDDINGS", "ExplainConfig", "Explanations", "default_words", "explain",
            "feature_activations", "feature_directions", "logit_lens", "max_activating", "mi_explain",
-           "mi_explain_naive", "side_by_side", "token_strings", "word_embeddings", "word_tokens"]
+           "mi_explain_naive", "score_std", "side_by_side", "token_strings", "word_embeddings", "word_tokens"]

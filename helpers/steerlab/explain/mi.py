@@ -24,12 +24,25 @@ each feature's words by the literal product ``p(w|c) * log p(c|w)`` in float32, 
 descending string order. That product is never positive, so its maximum is at words with ``p(w|c)`` near 0
 (exactly 0 where the softmax underflows, and then the ties go reverse-alphabetically): the top words are those
 the feature points to *least*. ``rank="released"`` reproduces that order and returns the literal product as the
-score. Everything else is the same in both rankings: their feature directions are ``W_enc.T`` of a tied SAE
+score; with ``scale="raw"`` (the released code's units, as notebook 02 runs it) everything else is the same:
+their feature directions are ``W_enc.T`` of a tied SAE
 (``W_dec = W_enc.T``), i.e. the decoder rows, through the model's final norm, and their ``e_w`` are the mean
 output-embedding rows of the word's tokens. One difference is left: the released code rounds the normed
 directions to bfloat16; here they stay float32. steerlab's default ``rank="steerlab"`` adds ``log K`` (the
 uniform prior ``p(c)``), which turns the product into feature ``c``'s share of ``I(W; C)`` and ranks the words
 the feature points to most; notebook 02 scores both.
+
+Units of the temperatures (``ExplainConfig(scale=...)``)
+--------------------------------------------------------
+``a(c, w)`` is in the model's own units, and those differ by an order of magnitude between models: its standard
+deviation over all (feature, word) pairs is 2.1 for tinyworld's layer-2 SAE and 20 for Gemma 3 270M's layer-9 SAE
+(Gemma's final RMSNorm weights reach the tens). At ``alpha = beta = 1`` in Gemma's units both softmaxes are
+near one-hot: every content word belongs to the one feature that points to it most, every other feature has
+positive PMI only with words that no feature points to, and 64 % of all explanation words were the function words
+(``for that a is in of to the``, the same ten for most features). ``scale="std"`` (the default) divides ``a`` by
+that standard deviation (:func:`score_std`, exact and cheap: ``E[a^2]`` is the sum of ``(S^T S) * (E^T E)``), so
+the temperatures are in standard deviations of the score on every model; the share of function words on Gemma
+falls to 0.9 %. ``scale="raw"`` keeps the model's units, as the released code does.
 
 ``log p(c|w)`` needs, for every word, a log-sum-exp over all features, so :func:`mi_explain` makes two
 passes over feature chunks of ``chunk_size`` rows: pass 1 accumulates the per-word normaliser, pass 2 scores
@@ -60,6 +73,7 @@ log = logging.getLogger(__name__)
 
 EMBEDDINGS = ("unembed", "embed")
 RANKS = ("steerlab", "released")  # word rankings: p(w|c)(log p(c|w) + log K), or the released literal product
+SCALES = ("std", "raw")  # units of a(c, w) that alpha and beta divide: its standard deviation, or the model's own
 
 
 @dataclass
@@ -73,6 +87,8 @@ class ExplainConfig:
     chunk_size: int = 2048  # features per chunk; memory grows as chunk_size x n_words
     rank: str = "steerlab"  # word ranking (RANKS): "steerlab" = p(w|c)(log p(c|w) + log K); "released" = the
     #                         released MI_explainer.py's literal p(w|c) log p(c|w), ties by word (module docstring)
+    scale: str = "std"  # SCALES: "std" divides a(c, w) by its standard deviation over all (feature, word) pairs, so
+    #                     alpha and beta mean the same on every model; "raw" keeps the model's units (module docstring)
 
     def __post_init__(self) -> None:
         if not (self.alpha > 0 and self.beta > 0):
@@ -83,6 +99,8 @@ class ExplainConfig:
             raise ValueError(f"embedding must be one of {EMBEDDINGS} (got {self.embedding!r})")
         if self.rank not in RANKS:
             raise ValueError(f"rank must be one of {RANKS} (got {self.rank!r})")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES} (got {self.scale!r})")
 
 
 @dataclass
@@ -167,6 +185,16 @@ def word_embeddings(model, words: Sequence[str], embedding: str = "unembed"
     if not kept:
         raise ValueError("none of the words could be tokenized: is this the model's word list?")
     return kept, torch.stack(rows)
+
+
+def score_std(S: Float[Tensor, "d_sae d_model"], E: Float[Tensor, "n_words d_model"]) -> float:
+    """The standard deviation of ``a(c, w) = <S[c], E[w]>`` over all (feature, word) pairs, without forming the
+    ``d_sae x n_words`` table: the mean is ``<mean S, mean E>`` and the mean square is
+    ``sum((S^T S) * (E^T E)) / (d_sae n_words)``."""
+    S, E = S.double(), E.double()
+    mean = S.mean(0) @ E.mean(0)
+    mean_sq = ((S.T @ S) * (E.T @ E)).sum() / (S.shape[0] * E.shape[0])
+    return float((mean_sq - mean ** 2).clamp_min(0).sqrt())
 
 
 # ---------------------------------------------------------------------------------------------- MI method
@@ -259,7 +287,8 @@ def mi_explain_naive(S: Float[Tensor, "d_sae d_model"], E: Float[Tensor, "n_word
 
 def explain(model, sae, words: Sequence[str] | None = None, cfg: ExplainConfig = ExplainConfig(),
             progress: bool = True) -> Explanations:
-    """MI explanations of every feature of ``sae`` over ``words`` (default: the shipped English list
+    """MI explanations of every feature of ``sae`` over ``words``, ``a(c, w)`` in ``cfg.scale`` units
+    (default words: the shipped English list
     ``data/vocab/english_5000.txt``; pass a suite's words, ``steerlab.evals.explanations.vocabulary(suite)``,
     for tinyworld). A default list that the model's tokenizer mostly cannot spell (under half of it kept) is
     an error rather than explanations over the few words left."""
@@ -271,6 +300,8 @@ def explain(model, sae, words: Sequence[str] | None = None, cfg: ExplainConfig =
                          f"of {len(words)} words this model's tokenizer can spell: pass words=, e.g. "
                          "steerlab.evals.explanations.vocabulary(suite) (tinyworld's lexicon)")
     S = feature_directions(model, sae.W_dec.detach())
+    if cfg.scale == "std":
+        S = S / max(score_std(S, E), 1e-12)
     return mi_explain(S, E, kept, cfg, progress)
 
 

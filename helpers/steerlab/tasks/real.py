@@ -10,7 +10,7 @@ Prompt formats (a 270M base model needs demonstrations; every demonstration uses
   ``Context: The capital of Peru is Nairobi.\\nQ: What is the capital of Peru?\\nA:``; the substituted object is
   another kept fact's object of the same relation;
 * multiple choice: two demonstrations, then the question, options ``A.`` to ``D.`` and ``Answer:``;
-* arithmetic: three demonstrations ``Q: 23 + 45 =\\nA: 68``.
+* arithmetic: three demonstrations ``7 + 15 = 22``, one per line, addends 1 to 20 (``ADDEND_MAX``).
 
 Only facts the model answers closed-book in that format (``facts_kept.json``, built by
 :mod:`steerlab.tasks.build_real`) are asked or put in conflict. Conflicts are split by subject into ``fit``,
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 SPLITS = ("fit", "select", "eval")
 #: share of subjects in each conflict split (by a hash of the normalised subject)
 SPLIT_SHARES = {"fit": 0.4, "select": 0.2, "eval": 0.4}
+#: the largest addend of the arithmetic task (3-shot ``a + b = c``; the frozen model scores 0.48 at 20)
+ADDEND_MAX = 20
 LETTERS = ("A", "B", "C", "D")
 
 
@@ -331,15 +333,17 @@ class RealSuite(TaskSuite):
         return out
 
     def reasoning(self, n: int, seed: int = 0) -> list[Example]:
-        """``n`` two-number additions of two-digit numbers after three demonstrations (``meta['result']``)."""
+        """``n`` additions of two numbers from 1 to 20, one per line after three demonstrations ``a + b = c``
+        (``meta['result']``). Format and range are where the frozen model has room both ways (measured on 60
+        prompts: 0.48 here; 0.0 for two-digit addends in a ``Q: ... =\\nA:`` format, 0.77 for one-digit ones)."""
         rng = random.Random(seed)
         out = []
         for _ in range(n):
-            nums = [(rng.randint(10, 99), rng.randint(10, 99)) for _ in range(4)]
-            blocks = [f"Q: {a} + {b} =\nA: {a + b}" for a, b in nums[:3]]
+            nums = [(rng.randint(1, ADDEND_MAX), rng.randint(1, ADDEND_MAX)) for _ in range(4)]
+            lines = [f"{a} + {b} = {a + b}" for a, b in nums[:3]]
             a, b = nums[3]
-            blocks.append(f"Q: {a} + {b} =\nA:")
-            out.append(Example("reasoning", "\n\n".join(blocks), str(a + b), {"result": a + b, "numbers": [a, b]},
+            lines.append(f"{a} + {b} =")
+            out.append(Example("reasoning", "\n".join(lines), str(a + b), {"result": a + b, "numbers": [a, b]},
                                max_new_tokens=4))
         return out
 
